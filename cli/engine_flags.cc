@@ -1,0 +1,56 @@
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "cli/commands.h"
+#include "common/status_macros.h"
+#include "engine/model_store.h"
+
+namespace tandem::cli {
+
+std::vector<FlagSpec> EngineFlagSpecs() {
+  return {
+      {"model", false, "'default' (SmolLM2-135M-Instruct Q4_1) or a GGUF path"},
+      {"threads", false, "compute threads (default: every core)"},
+      {"kv-cache-mb", false, "KV cache memory in MiB (default 512)"},
+      {"max-batch-tokens", false, "tokens per engine step (default 512)"},
+      {"max-num-seqs", false, "sequences per engine step (default 64)"},
+      {"kv-f32", true, "keep the KV cache in fp32 instead of fp16"},
+      {"no-prefix-cache", true, "disable prefix caching"},
+      {"exact", true, "fp32 reference matmuls (slow; for checking precision)"},
+  };
+}
+
+absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
+  EngineOptions options;
+  ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  ASSIGN_OR_RETURN(int64_t kv_mb, args.GetInt("kv-cache-mb", 512));
+  ASSIGN_OR_RETURN(int64_t batch_tokens, args.GetInt("max-batch-tokens", 512));
+  ASSIGN_OR_RETURN(int64_t num_seqs, args.GetInt("max-num-seqs", 64));
+  if (threads < 0 || threads > 1024) return absl::InvalidArgumentError("--threads out of range");
+  if (kv_mb <= 0) return absl::InvalidArgumentError("--kv-cache-mb must be positive");
+  if (batch_tokens <= 0 || batch_tokens > (1 << 20)) {
+    return absl::InvalidArgumentError("--max-batch-tokens out of range");
+  }
+  if (num_seqs <= 0 || num_seqs > 4096) {
+    return absl::InvalidArgumentError("--max-num-seqs out of range");
+  }
+  options.num_threads = static_cast<int>(threads);
+  options.kv_cache_bytes = kv_mb << 20;
+  options.max_batch_tokens = static_cast<int32_t>(batch_tokens);
+  options.max_num_seqs = static_cast<int32_t>(num_seqs);
+  options.kv_dtype = args.Has("kv-f32") ? KvDtype::kF32 : KvDtype::kF16;
+  options.enable_prefix_caching = !args.Has("no-prefix-cache");
+  options.exact_matmul = args.Has("exact");
+  return options;
+}
+
+absl::StatusOr<std::string> ModelPathFromArgs(const Args& args) {
+  return ResolveModelPath(args.GetString("model", "default"));
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "tandem: %s\n", std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,117 @@
+// The single-process engine: weights, backend, paged KV cache, scheduler and samplers. One
+// thread owns it and calls Step() in a loop; each step schedules, runs one forward pass and
+// returns what every request produced.
+//
+// Not thread-safe: engine thread only. Workers put a command queue in front of it.
+#ifndef TANDEM_ENGINE_ENGINE_H_
+#define TANDEM_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/chat_template.h"
+#include "engine/kv_cache_manager.h"
+#include "engine/model_runner.h"
+#include "engine/model_weights.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+#include "kernels/cpu/attention.h"
+
+namespace tandem {
+
+struct EngineOptions {
+  int num_threads = 0;                    // 0: every core
+  int64_t kv_cache_bytes = 512ll << 20;   // KV memory; sets the block count
+  int64_t num_kv_blocks = 0;              // overrides kv_cache_bytes when > 0
+  int block_size = 16;
+  KvDtype kv_dtype = KvDtype::kF16;
+  int32_t max_batch_tokens = 512;
+  int32_t max_num_seqs = 64;
+  bool enable_prefix_caching = true;
+  bool exact_matmul = false;  // fp32 reference matmuls (golden tests)
+  int32_t max_context = 0;    // 0: the model's context length
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t prompt_tokens_computed = 0;   // prefill tokens fed (cache hits excluded)
+  int64_t generated_tokens = 0;
+  int64_t preemptions = 0;
+  int32_t running = 0;
+  int32_t waiting = 0;
+  int64_t free_kv_blocks = 0;
+  int64_t total_kv_blocks = 0;
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated
+  std::string text;
+  FinishReason finish_reason = FinishReason::kNone;
+  int32_t num_prompt_tokens = 0;
+  absl::Duration time_to_first_token;
+  absl::Duration total_time;
+};
+
+class Engine {
+ public:
+  // Loads a GGUF model (weights, tokenizer, chat template).
+  static absl::StatusOr<std::unique_ptr<Engine>> FromGguf(const std::string& path,
+                                                          const EngineOptions& options);
+  // `tokenizer` and `chat_template` may be null: token ids in and out, no stop strings.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      std::unique_ptr<ModelWeights> weights, std::unique_ptr<Tokenizer> tokenizer,
+      std::unique_ptr<ChatTemplate> chat_template, const EngineOptions& options);
+  ~Engine();
+
+  // Validates and queues a request. INVALID_ARGUMENT names the problem (empty prompt,
+  // prompt or max_tokens beyond the context, bad sampling parameters).
+  absl::StatusOr<RequestId> AddRequest(GenerationRequest request);
+  // Finishes the request with kAborted at the next Step and frees its blocks at once.
+  void Abort(RequestId id);
+  bool HasWork() const;
+  // One scheduling step and forward pass.
+  absl::StatusOr<std::vector<RequestOutput>> Step();
+
+  // Runs one request to completion, calling `on_output` for each step's output.
+  absl::StatusOr<GenerationResult> Generate(
+      GenerationRequest request,
+      const std::function<void(const RequestOutput&)>& on_output = nullptr);
+
+  // Last-position logits of a prompt, computed in a scratch sequence ([vocab]).
+  absl::StatusOr<std::vector<float>> PromptLogits(const std::vector<int32_t>& tokens);
+
+  const ModelConfig& config() const;
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  const ChatTemplate* chat_template() const { return chat_template_.get(); }
+  const KvCacheManager& kv_cache() const { return *kv_cache_; }
+  int32_t max_context() const { return max_context_; }
+  EngineStats stats() const;
+
+ private:
+  Engine() = default;
+  // Appends a sampled token and decides whether the request is done.
+  FinishReason AppendToken(Sequence& seq, int32_t token, RequestOutput& out);
+
+  EngineOptions options_;
+  std::unique_ptr<ModelWeights> weights_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ChatTemplate> chat_template_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<KvCacheManager> kv_cache_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int32_t max_context_ = 0;
+  RequestId next_id_ = 1;
+  std::vector<RequestId> aborted_;
+  std::vector<float> logits_;  // [n_sampled, vocab]
+  std::vector<ForwardSeq> forward_seqs_;
+  EngineStats stats_;
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_ENGINE_ENGINE_H_

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine, from the repository root, with a bundle made here by
+# tests/gpu/prepare_bundle.sh:   tests/gpu/device_check.sh BUNDLE_DIR
+# Runs every BUNDLE_DIR/bin/*_test, then kernels_bench; full logs go to $OUT/gpu-logs (or a
+# temporary folder); a compact summary table is printed last. Exit status: 1 if any test
+# failed (or could not start), 2 if only the benchmark failed, 0 otherwise.
+set -uo pipefail
+[[ $# -ge 1 ]] || { echo "usage: $0 BUNDLE_DIR" >&2; exit 2; }
+bundle=$(cd "$1" && pwd) || exit 2
+logs=${OUT:-$(mktemp -d)}/gpu-logs
+mkdir -p "$logs"
+t_start=$SECONDS
+
+libpath=$bundle/lib
+nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null)
+[[ -n $nccl && -d $nccl/lib ]] && libpath+=":$nccl/lib"
+# cuBLAS is not bundled (600 MB): use the machine's CUDA 13 copy.
+cublas_dir=""
+for d in ${CUDA_HOME:+$CUDA_HOME/lib64} /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+  /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+  if [[ -e $d/libcublas.so.13 ]]; then cublas_dir=$d; break; fi
+done
+if [[ -z $cublas_dir ]]; then
+  py_nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null)
+  [[ -n $py_nv ]] && f=$(find "$py_nv" -maxdepth 4 -name 'libcublas.so.13' 2>/dev/null | head -1) &&
+    [[ -n $f ]] && cublas_dir=$(dirname "$f")
+fi
+[[ -n $cublas_dir ]] && libpath+=":$cublas_dir"
+export LD_LIBRARY_PATH=$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+gpu_seen=0
+nvidia-smi -L >/dev/null 2>&1 && gpu_seen=1
+{
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  echo "cublas: ${cublas_dir:-NOT FOUND}"
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+} 2>&1 | tee "$logs/device.txt"
+
+summary=()
+failed=0
+missing=$(for exe in "$bundle"/bin/*; do ldd "$exe" 2>/dev/null | grep 'not found' | sed "s|^|${exe##*/}: |"; done)
+[[ -n $missing ]] && { echo "MISSING LIBRARIES:"; echo "$missing"; } | tee -a "$logs/device.txt"
+for exe in "$bundle"/bin/*_test; do
+  [[ -x $exe ]] || continue
+  name=${exe##*/}
+  t0=$SECONDS
+  timeout 240 "$exe" --gtest_brief=1 >"$logs/$name.log" 2>&1
+  rc=$?
+  secs=$((SECONDS - t0))
+  passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
+  nfail=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
+  skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
+  status=ok
+  ((rc != 0)) && { status="FAIL(rc=$rc)"; failed=1; }
+  # A skip on a machine whose driver sees a GPU means the tests never ran: count it as failed.
+  if ((rc == 0 && gpu_seen && ${skipped:-0} > 0)); then status="SKIPPED!"; failed=1; fi
+  summary+=("$(printf '%-26s %-12s pass=%-3s fail=%-3s skip=%-3s %4ss' "$name" "$status" \
+    "${passed:-0}" "${nfail:-0}" "${skipped:-0}" "$secs")")
+  if ((rc != 0)); then
+    echo "---- $name (rc=$rc), last lines:"
+    grep -E '^\[  FAILED  \]|Failure|error|Error|seed' "$logs/$name.log" | head -40
+    tail -5 "$logs/$name.log"
+  fi
+done
+
+bench_rc=0
+if [[ -x $bundle/bin/kernels_bench ]]; then
+  timeout 150 "$bundle/bin/kernels_bench" >"$logs/kernels_bench.log" 2>&1
+  bench_rc=$?
+else
+  echo "kernels_bench missing" >"$logs/kernels_bench.log"
+  bench_rc=127
+fi
+
+echo
+echo "================ GPU check summary ($((SECONDS - t_start))s, logs in $logs) ================"
+grep -m1 -E '^GPU 0' "$logs/device.txt"
+[[ -n $missing ]] && echo "missing libraries: $(tr '\n' ';' <<<"$missing")"
+printf '%s\n' "${summary[@]}"
+# Accuracy of the attention tests: case count and the three worst cases by relative L2 error.
+errs=$(grep -h '^\[ error    \]' "$logs"/*_test.log 2>/dev/null | sed 's/^\[ error    \] //')
+if [[ -n $errs ]]; then
+  echo "attention accuracy: $(wc -l <<<"$errs") cases, worst by rel_l2:"
+  awk '{for (i = 1; i <= NF; ++i) if ($i ~ /^rel_l2=/) print substr($i, 8), $0}' <<<"$errs" |
+    sort -g | tail -3 | cut -d' ' -f2- | sed 's/^/  /'
+fi
+echo "kernels_bench rc=$bench_rc"
+sed -n '/^| kernel/,$p' "$logs/kernels_bench.log"
+((bench_rc != 0)) && tail -5 "$logs/kernels_bench.log"
+((failed)) && exit 1
+((bench_rc != 0)) && exit 2
+exit 0

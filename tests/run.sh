@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing (Debian packages), builds
+# tandem, pulls the default model, runs ctest (GPU-labelled tests only where a GPU is present),
+# then builds the libFuzzer targets with clang and runs each for a bounded time.
+# Quiet on success: prints the ctest summaries; on failure, the log of the failing step.
+#
+#   tests/run.sh                 # everything
+#   TANDEM_FUZZ_SECONDS=10 tests/run.sh
+#   TANDEM_SKIP_FUZZ=1 tests/run.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${TANDEM_BUILD_DIR:-$root/build}
+fuzz_build=${TANDEM_FUZZ_BUILD_DIR:-$root/build-fuzz}
+jobs=${TANDEM_JOBS:-$(nproc)}
+logs=$build/logs
+mkdir -p "$logs"
+
+# step NAME COMMAND...: runs quietly; prints the log and exits on failure.
+step() {
+  local name=$1; shift
+  if ! "$@" >"$logs/$name.log" 2>&1; then
+    echo "tests/run.sh: step '$name' failed; its log ($logs/$name.log):" >&2
+    tail -n 200 "$logs/$name.log" >&2
+    exit 1
+  fi
+}
+
+"$root/deploy/install_deps.sh"
+
+step configure cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+step build cmake --build "$build" -j "$jobs"
+step model-pull "$build/bin/tandem" model pull
+
+gpu_filter=(-LE gpu)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu_filter=(); fi
+
+ctest_log=$logs/ctest.log
+if ! ctest --test-dir "$build" "${gpu_filter[@]}" --output-on-failure -j "$jobs" \
+    >"$ctest_log" 2>&1; then
+  cat "$ctest_log"
+  exit 1
+fi
+grep -E '^[0-9]+% tests passed|tests passed, ' "$ctest_log"
+
+if [[ ${TANDEM_SKIP_FUZZ:-0} != 1 ]]; then
+  step fuzz-configure env CC=clang CXX=clang++ cmake -S "$root" -B "$fuzz_build" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release -DTANDEM_FUZZ=ON -DTANDEM_BUILD_TESTS=OFF \
+    -DTANDEM_WITH_CUDA=OFF -DTANDEM_WITH_GRPC=OFF \
+    -DTANDEM_FUZZ_SECONDS="${TANDEM_FUZZ_SECONDS:-30}"
+  step fuzz-build cmake --build "$fuzz_build" -j "$jobs" --target gguf_fuzzer tokenizer_fuzzer
+  fuzz_log=$logs/fuzz.log
+  if ! ctest --test-dir "$fuzz_build" -L fuzz --output-on-failure >"$fuzz_log" 2>&1; then
+    cat "$fuzz_log"
+    exit 1
+  fi
+  grep -E '^[0-9]+% tests passed|tests passed, ' "$fuzz_log"
+fi
