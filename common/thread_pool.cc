@@ -81,7 +81,7 @@ struct ThreadPool::Impl {
   // The current job; written before `claim` is published (release) and read only by a
   // thread holding a claim of that job (acquire), so never while it is rewritten.
   alignas(64) const absl::FunctionRef<void(int, int)>* fn = nullptr;
-  bool stop = false;
+  std::atomic<bool> stop{false};  // read by workers that may wake for an earlier Run
 
   // Runs unclaimed indices of the current job until none is left.
   void Help() {
@@ -118,7 +118,7 @@ struct ThreadPool::Impl {
         sleepers.fetch_sub(1, std::memory_order_relaxed);
       }
       seen = g;
-      if (stop) return;
+      if (stop.load(std::memory_order_acquire)) return;
       Help();
     }
   }
@@ -136,7 +136,7 @@ ThreadPool::ThreadPool(int num_threads) : impl_(new Impl) {
 }
 
 ThreadPool::~ThreadPool() {
-  impl_->stop = true;
+  impl_->stop.store(true, std::memory_order_release);
   impl_->generation.fetch_add(1, std::memory_order_seq_cst);
   FutexWakeAll(&impl_->generation);
   for (std::thread& t : impl_->workers) t.join();

@@ -6,6 +6,10 @@
 # Env:   RAW_DIR   where the raw outputs are kept (default: a new temp dir; named in the JSON)
 #        REPS      llama-bench repetitions (default 3)
 #        NPL       batched-bench parallel sequences (default 1,8,32)
+#        OMP_WAIT_POLICY  passed through to llama.cpp (OpenMP build). Unset = llama.cpp's
+#                  default (threads spin at barriers): best on an idle machine, but on a
+#                  shared, oversubscribed machine 2 spinning threads run ~10x slower; use
+#                  OMP_WAIT_POLICY=passive there. Recorded in the summary.
 #        (and build.sh's TANDEM_HOME / LLAMA_CPP_DIR / LLAMA_CPP_PY_VER / JOBS)
 #
 # Measures
@@ -40,6 +44,8 @@ mkdir -p "$RAW_DIR"
 MAX_PL="$(tr ',' '\n' <<<"$NPL" | sort -n | tail -1)"
 CTX=$(( MAX_PL * (PP + TG) ))
 
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || true)"
+
 BENCH_CMD=("$LLAMA_BENCH" -m "$MODEL" -t "$THREADS" -p 128,512,2048 -n "$TG" -r "$REPS" -o json)
 BATCHED_CMD=("$LLAMA_BATCHED_BENCH" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -c "$CTX" -b 2048 -ub 512
              -npp "$PP" -ntg "$TG" -npl "$NPL" --output-format jsonl)
@@ -52,7 +58,7 @@ echo "+ ${BATCHED_CMD[*]}" >&2
   echo "run.sh: llama-batched-bench failed; see $RAW_DIR/llama-batched-bench.log" >&2; tail -20 "$RAW_DIR/llama-batched-bench.log" >&2; exit 1; }
 
 BENCH_CMD_STR="${BENCH_CMD[*]}" BATCHED_CMD_STR="${BATCHED_CMD[*]}" RAW_DIR="$RAW_DIR" \
-STAMP_FILE="$STAMP_FILE" MODEL="$MODEL" THREADS="$THREADS" \
+STAMP_FILE="$STAMP_FILE" MODEL="$MODEL" THREADS="$THREADS" LOAD_BEFORE="$LOAD_BEFORE" \
 python3 - <<'PY'
 import json, os, re, socket, datetime
 
@@ -111,7 +117,9 @@ out = {
     "backends": first.get("backends"),
     "host": socket.gethostname(),
     "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "loadavg_before": os.environ.get("LOAD_BEFORE", "").split() or None,
     "loadavg_after": load,
+    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     "prefill_tokens_per_s": prefill,
     "prefill_stddev": prefill_sd,
     "decode_batch1_tokens_per_s": decode_b1,

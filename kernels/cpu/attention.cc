@@ -15,32 +15,45 @@
 namespace tandem {
 namespace {
 
-// Queries of one sequence handled together by one work item, per query head. Each KV block
-// is converted to fp32 once per item and reused by kQueryTile × (heads per KV head) rows.
+// Queries of one sequence handled together by one work item, per query head: the item's K/V
+// spans are read (and, for many rows, converted to fp32) once for kQueryTile × (heads per KV
+// head) rows.
 constexpr int kQueryTile = 16;
 
-// Converts n fp16/fp32 values to fp32.
-void LoadRow(const void* src, KvDtype dtype, int64_t offset, int n, float* dst) {
-  if (dtype == KvDtype::kF32) {
-    std::copy_n(static_cast<const float*>(src) + offset, n, dst);
+// Converts `count` token rows of the layer's K and V, token_stride elements apart starting
+// at element `base`, to k_dst and v_dst ([count, head_dim] fp32). head_dim % 8 == 0.
+void LoadRows(const PagedKvLayer& layer, int64_t base, int count, int64_t token_stride,
+              float* k_dst, float* v_dst) {
+  const int hd = layer.head_dim;
+  if (layer.dtype == KvDtype::kF32) {
+    for (int t = 0; t < count; ++t) {
+      std::copy_n(static_cast<const float*>(layer.k) + base + t * token_stride, hd, k_dst + t * hd);
+      std::copy_n(static_cast<const float*>(layer.v) + base + t * token_stride, hd, v_dst + t * hd);
+    }
     return;
   }
-  const uint16_t* h = static_cast<const uint16_t*>(src) + offset;
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(dst + i,
-                     _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  const uint16_t* k = static_cast<const uint16_t*>(layer.k) + base;
+  const uint16_t* v = static_cast<const uint16_t*>(layer.v) + base;
+  for (int t = 0; t < count; ++t, k += token_stride, v += token_stride) {
+    float* kd = k_dst + t * hd;
+    float* vd = v_dst + t * hd;
+    for (int d = 0; d < hd; d += 8) {
+      _mm256_storeu_ps(kd + d,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + d))));
+      _mm256_storeu_ps(vd + d,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + d))));
+    }
   }
-  for (; i < n; ++i) dst[i] = HalfToFloat(h[i]);
 }
 
 struct Scratch {
-  std::vector<float> k;  // [span_keys + 8, head_dim]: the span's keys in fp32
-  std::vector<float> v;  // [span_keys, head_dim]
-  std::vector<float> s;  // [rows, span_keys + 8]: scores, then probabilities
-  std::vector<float> o;  // [rows, head_dim]: unnormalized outputs
-  std::vector<float> m;  // [rows]: running max of the scores
-  std::vector<float> l;  // [rows]: running sum of exp(score - m)
+  std::vector<float> k;             // [span_keys + 8, head_dim]: the span's keys in fp32
+  std::vector<float> v;             // [span_keys, head_dim]
+  std::vector<float> s;             // [rows, span_keys + 8]: scores, then probabilities
+  std::vector<float> o;             // [rows, head_dim]: unnormalized outputs
+  std::vector<float> m;             // [rows]: running max of the scores
+  std::vector<float> l;             // [rows]: running sum of exp(score - m)
+  std::vector<int64_t> block_base;  // [blocks per span]: element offset of each block's rows
 };
 
 // out[t] = q · k[t] for 8 keys (k: [8, hd], row-major), as one vector: eight 8-lane
@@ -80,10 +93,48 @@ void AccumulatePvAnyDim(float* o, float corr, const float* p, const float* v, in
   for (; d < hd; d += 8) AccumulatePv<1>(o + d, corr, p, v + d, n, hd);
 }
 
+// Dot8Keys reading fp16 keys in place: key t's row starts at k + t * stride.
+inline __m256 Dot8KeysF16(const float* q, const uint16_t* k, int64_t stride, int hd) {
+  __m256 a[8];
+  for (int t = 0; t < 8; ++t) a[t] = _mm256_setzero_ps();
+  for (int d = 0; d < hd; d += 8) {
+    const __m256 qd = _mm256_loadu_ps(q + d);
+    for (int t = 0; t < 8; ++t) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(k + t * stride + d));
+      a[t] = _mm256_fmadd_ps(qd, _mm256_cvtph_ps(h), a[t]);
+    }
+  }
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// AccumulatePv reading fp16 values in place: value t's row starts at v + t * stride.
+template <int NC>
+inline void AccumulatePvF16(float* o, float corr, const float* p, const uint16_t* v, int n,
+                            int64_t stride) {
+  __m256 acc[NC];
+  const __m256 c = _mm256_set1_ps(corr);
+  for (int i = 0; i < NC; ++i) acc[i] = _mm256_mul_ps(_mm256_loadu_ps(o + 8 * i), c);
+  for (int t = 0; t < n; ++t) {
+    const __m256 pt = _mm256_broadcast_ss(p + t);
+    const uint16_t* vt = v + t * stride;
+    for (int i = 0; i < NC; ++i) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vt + 8 * i));
+      acc[i] = _mm256_fmadd_ps(pt, _mm256_cvtph_ps(h), acc[i]);
+    }
+  }
+  for (int i = 0; i < NC; ++i) _mm256_storeu_ps(o + 8 * i, acc[i]);
+}
+
 // Keys are visited in spans of about this many: scores, softmax and P·V run a span at a time
 // (the online-softmax rescale happens once per span), and the span's K and V, converted to
 // fp32 once, serve every row of the item from L1.
 constexpr int kSpanKeys = 64;
+
+// Items with at most this many rows read fp16 K/V in place instead of converting them.
+constexpr int kDirectMaxRows = 8;
 
 // Element offset of the first row of logical block `blk` of `seq`, at `kv_head`, in the
 // layer's K (or V) array; rows of the block follow token_stride apart.
@@ -108,7 +159,8 @@ void AttendItem(const AttentionSeq& seq, int q_begin, int q_end, int kv_head,
   const int rows = (q_end - q_begin) * group;
   const int64_t token_stride = static_cast<int64_t>(layer.n_kv_heads) * hd;
   // Padding rows of k are read (and masked) by the last group of 8 keys; keep them finite.
-  if (sc.k.size() < static_cast<size_t>(s_stride) * hd) sc.k.resize(static_cast<size_t>(s_stride) * hd, 0.0f);
+  if (sc.k.size() < static_cast<size_t>(s_stride) * hd)
+    sc.k.resize(static_cast<size_t>(s_stride) * hd, 0.0f);
   sc.v.resize(static_cast<size_t>(span_keys) * hd);
   sc.s.resize(static_cast<size_t>(rows) * s_stride);
   sc.o.assign(static_cast<size_t>(rows) * hd, 0.0f);
@@ -118,12 +170,19 @@ void AttendItem(const AttentionSeq& seq, int q_begin, int q_end, int kv_head,
   const int last_pos = seq.start_pos + q_end - 1;  // the last key any row may see
   const int n_keys_total = last_pos + 1;
   const int64_t elem_bytes = layer.dtype == KvDtype::kF16 ? 2 : 4;
+  // Few rows (decode): read fp16 K and V in place. Converting a span to fp32 first pays off
+  // only when many rows reuse it. Both give the same numbers: the conversion is exact.
+  const bool direct = layer.dtype == KvDtype::kF16 && bs % 8 == 0 && rows <= kDirectMaxRows;
+  const uint16_t* k16 = static_cast<const uint16_t*>(layer.k);
+  const uint16_t* v16 = static_cast<const uint16_t*>(layer.v);
+  sc.block_base.resize(blocks_per_span);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int key0 = 0; key0 < n_keys_total; key0 += span_keys) {
     const int n_keys = std::min(span_keys, n_keys_total - key0);
     for (int t0 = 0; t0 < n_keys; t0 += bs) {
       const int blk = (key0 + t0) / bs;  // spans start on block boundaries
       const int64_t base = BlockOffset(seq, layer, blk, token_stride, kv_head);
+      sc.block_base[t0 / bs] = base;
       // The cache is read once per step and, for big batches, is far larger than the
       // caches: fetch the next block while this one is converted.
       if ((blk + 1) * bs < n_keys_total) {
@@ -136,10 +195,10 @@ void AttendItem(const AttentionSeq& seq, int q_begin, int q_end, int kv_head,
           }
         }
       }
-      for (int t = t0; t < std::min(n_keys, t0 + bs); ++t) {
-        const int64_t off = base + (t - t0) * token_stride;
-        LoadRow(layer.k, layer.dtype, off, hd, sc.k.data() + static_cast<size_t>(t) * hd);
-        LoadRow(layer.v, layer.dtype, off, hd, sc.v.data() + static_cast<size_t>(t) * hd);
+      if (!direct) {
+        LoadRows(layer, base, std::min(n_keys, t0 + bs) - t0, token_stride,
+                 sc.k.data() + static_cast<size_t>(t0) * hd,
+                 sc.v.data() + static_cast<size_t>(t0) * hd);
       }
     }
 
@@ -155,7 +214,11 @@ void AttendItem(const AttentionSeq& seq, int q_begin, int q_end, int kv_head,
       const __m256 vscale = _mm256_set1_ps(scale);
       __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
       for (int t0 = 0; t0 < visible; t0 += 8) {
-        __m256 x = _mm256_mul_ps(Dot8Keys(qr, sc.k.data() + static_cast<size_t>(t0) * hd, hd), vscale);
+        const __m256 dots =
+            direct ? Dot8KeysF16(qr, k16 + sc.block_base[t0 / bs] + (t0 % bs) * token_stride,
+                                 token_stride, hd)
+                   : Dot8Keys(qr, sc.k.data() + static_cast<size_t>(t0) * hd, hd);
+        __m256 x = _mm256_mul_ps(dots, vscale);
         if (visible - t0 < 8) {
           const __m256 keep =
               _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(visible - t0), lane));
@@ -174,14 +237,27 @@ void AttendItem(const AttentionSeq& seq, int q_begin, int q_end, int kv_head,
       for (int t0 = 0; t0 < visible; t0 += 8) {
         const __m256 x = _mm256_loadu_ps(sr + t0);
         __m256 p = simd::Exp(_mm256_sub_ps(x, vm));
-        p = _mm256_and_ps(p, _mm256_cmp_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ));
+        p = _mm256_and_ps(
+            p,
+            _mm256_cmp_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ));
         _mm256_storeu_ps(sr + t0, p);
         vsum = _mm256_add_ps(vsum, p);
       }
       sc.l[r] = sc.l[r] * correction + simd::HorizontalSum(vsum);
 
       float* o = sc.o.data() + static_cast<size_t>(r) * hd;
-      if (hd == 64) {
+      if (direct) {
+        // Block by block; the correction applies once (x * 1.0f is exact after that).
+        for (int t0 = 0; t0 < visible; t0 += bs) {
+          const uint16_t* vb = v16 + sc.block_base[t0 / bs];
+          const int nt = std::min(bs, visible - t0);
+          const float c = t0 == 0 ? correction : 1.0f;
+          int d = 0;
+          for (; d + 64 <= hd; d += 64)
+            AccumulatePvF16<8>(o + d, c, sr + t0, vb + d, nt, token_stride);
+          for (; d < hd; d += 8) AccumulatePvF16<1>(o + d, c, sr + t0, vb + d, nt, token_stride);
+        }
+      } else if (hd == 64) {
         AccumulatePv<8>(o, correction, sr, sc.v.data(), visible, hd);
       } else {
         AccumulatePvAnyDim(o, correction, sr, sc.v.data(), visible, hd);
@@ -231,11 +307,11 @@ void WritePagedKv(const float* k, const float* v, const int64_t* slots, int64_t 
   }
 }
 
-void PagedAttention(absl::Span<const AttentionSeq> seqs, const PagedKvLayer& layer,
-                    int n_heads, float scale, ThreadPool& pool) {
+void PagedAttention(absl::Span<const AttentionSeq> seqs, const PagedKvLayer& layer, int n_heads,
+                    float scale, ThreadPool& pool) {
   CHECK_GT(layer.n_kv_heads, 0);
-  CHECK_EQ(n_heads % layer.n_kv_heads, 0) << "n_heads " << n_heads << " n_kv_heads "
-                                          << layer.n_kv_heads;
+  CHECK_EQ(n_heads % layer.n_kv_heads, 0)
+      << "n_heads " << n_heads << " n_kv_heads " << layer.n_kv_heads;
   CHECK_EQ(layer.head_dim % 8, 0) << "head_dim " << layer.head_dim;
   // Items of one sequence, from the most expensive (last query tile, longest causal span)
   // down, so the dynamic schedule below ends with short items.

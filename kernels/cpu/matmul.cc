@@ -27,12 +27,18 @@ constexpr int64_t kRowChunk = 32;
 // units that covers [0, rows) × [0, tiles), on every thread of the pool. Units are claimed
 // dynamically, so a thread the OS delays (other processes share these cores) only costs its
 // current unit; results do not depend on who computes what. Rows are split first: each unit
-// then reads its own part of the weights, which is what bounds decode. About four units per
-// thread: enough to balance, few enough that claiming them costs nothing.
+// then reads its own part of the weights, which is what bounds decode. Up to four units per
+// thread, but none under ~kMinUnitBlocks block products (a few microseconds): a decode step's
+// small matrices take one unit per thread, where more would cost more in claiming than it
+// balances. `blocks_per_row_tile` is the block products of one weight row against one tile.
+constexpr int64_t kMinUnitBlocks = 4096;
+
 template <class Fn>
-void ForEachUnit(ThreadPool& pool, int64_t rows, int64_t tiles, const Fn& fn) {
+void ForEachUnit(ThreadPool& pool, int64_t rows, int64_t tiles, int64_t blocks_per_row_tile,
+                 const Fn& fn) {
   const int threads = pool.num_threads();
-  const int64_t target = 4 * static_cast<int64_t>(threads);
+  const int64_t work = rows * std::max<int64_t>(tiles, 1) * blocks_per_row_tile;
+  const int64_t target = std::clamp<int64_t>(work / kMinUnitBlocks, threads, 4 * threads);
   const int64_t row_chunk = std::max<int64_t>(8, ((rows + target - 1) / target + 7) / 8 * 8);
   const int64_t row_chunks = (rows + row_chunk - 1) / row_chunk;
   const int64_t tile_groups =
@@ -118,21 +124,21 @@ inline void FloatTile(const uint8_t* w_row, int64_t row_bytes, const float* x, i
 }
 
 template <class L, int NX, int NW>
-void FloatRows(const uint8_t* w, int64_t row_bytes, int64_t r_begin, int64_t r_end,
-               const float* x, int64_t cols, float* y, int64_t y_stride) {
+void FloatRows(const uint8_t* w, int64_t row_bytes, int64_t r_begin, int64_t r_end, const float* x,
+               int64_t cols, float* y, int64_t y_stride) {
   int64_t r = r_begin;
   for (; r + NW <= r_end; r += NW) {
     FloatTile<L, NX, NW>(w + r * row_bytes, row_bytes, x, cols, y + r, y_stride);
   }
-  for (; r < r_end; ++r) FloatTile<L, NX, 1>(w + r * row_bytes, row_bytes, x, cols, y + r, y_stride);
+  for (; r < r_end; ++r)
+    FloatTile<L, NX, 1>(w + r * row_bytes, row_bytes, x, cols, y + r, y_stride);
 }
 
 // Rows [r_begin, r_end) of w (given as raw rows with stride row_bytes, element type L)
 // against activation rows [x_begin, x_end) of x [*, cols]; y is [*, y_stride].
 template <class L>
-void FloatBlock(const uint8_t* w, int64_t row_bytes, int64_t r_begin, int64_t r_end,
-                const float* x, int64_t cols, int64_t x_begin, int64_t x_end, float* y,
-                int64_t y_stride) {
+void FloatBlock(const uint8_t* w, int64_t row_bytes, int64_t r_begin, int64_t r_end, const float* x,
+                int64_t cols, int64_t x_begin, int64_t x_end, float* y, int64_t y_stride) {
   for (int64_t r0 = r_begin; r0 < r_end; r0 += kRowChunk) {
     const int64_t r1 = std::min(r_end, r0 + kRowChunk);
     for (int64_t j = x_begin; j < x_end; j += kTileRows) {
@@ -144,13 +150,13 @@ void FloatBlock(const uint8_t* w, int64_t row_bytes, int64_t r_begin, int64_t r_
           FloatRows<L, 1, 4>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
           break;
         case 2:
-          FloatRows<L, 2, 2>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
+          FloatRows<L, 2, 4>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
           break;
         case 3:
-          FloatRows<L, 3, 1>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
+          FloatRows<L, 3, 2>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
           break;
         default:
-          FloatRows<L, 4, 1>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
+          FloatRows<L, 4, 2>(w, row_bytes, r0, r1, xj, cols, yj, y_stride);
           break;
       }
     }
@@ -187,12 +193,17 @@ constexpr int64_t kParallelQuantizeRows = 16;
 }  // namespace
 
 void MatMul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
+  MatMul(w, x, n, y, pool, kDefaultActivationQuant);
+}
+
+void MatMul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool,
+            ActivationQuant quant) {
   if (n <= 0 || w.rows <= 0) return;
   const int threads = pool.num_threads();
   if (FloatBlockFn float_block = FindFloatBlock(w.type)) {
     const int64_t row_bytes = RowBytes(w.type, w.cols);
     const uint8_t* data = static_cast<const uint8_t*>(w.data);
-    ForEachUnit(pool, w.rows, (n + kTileRows - 1) / kTileRows,
+    ForEachUnit(pool, w.rows, (n + kTileRows - 1) / kTileRows, w.cols / 8,
                 [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
                   float_block(data, row_bytes, r0, r1, x, w.cols, t0 * kTileRows,
                               std::min(n, t1 * kTileRows), y, w.rows);
@@ -200,7 +211,8 @@ void MatMul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool
     return;
   }
 
-  const matmul_internal::QuantKernel kernel = matmul_internal::FindQuantKernel(w.type);
+  const bool residual = quant == ActivationQuant::kInt8Residual;
+  const matmul_internal::QuantKernel kernel = matmul_internal::FindQuantKernel(w.type, residual);
   CHECK(kernel != nullptr) << "MatMul: unsupported weight type " << GgmlTypeName(w.type);
   CHECK_EQ(w.cols % Traits(w.type).block_size, 0) << GgmlTypeName(w.type);
   const int64_t nb = w.cols / 32;
@@ -208,23 +220,30 @@ void MatMul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool
   std::vector<XTileBlock>& xq = ActivationBuffer();
   if (static_cast<int64_t>(xq.size()) < tiles * nb) xq.resize(tiles * nb);
   if (n < kParallelQuantizeRows || threads == 1) {
-    matmul_internal::QuantizeActivations(x, w.cols, 0, n, n, xq.data());
+    matmul_internal::QuantizeActivations(x, w.cols, 0, n, n, residual, xq.data());
   } else {
     pool.ParallelFor(n, [&](int64_t begin, int64_t end) {
-      matmul_internal::QuantizeActivations(x, w.cols, begin, end, n, xq.data());
+      matmul_internal::QuantizeActivations(x, w.cols, begin, end, n, residual, xq.data());
     });
   }
 
-  ForEachUnit(pool, w.rows, tiles, [&](int64_t r_begin, int64_t r_end, int64_t t_begin,
-                                        int64_t t_end) {
-    for (int64_t r0 = r_begin; r0 < r_end; r0 += kRowChunk) {
-      const int64_t r1 = std::min(r_end, r0 + kRowChunk);
-      for (int64_t tile = t_begin; tile < t_end; ++tile) {
-        const int nx = static_cast<int>(std::min<int64_t>(kTileRows, n - tile * kTileRows));
-        kernel(w, r0, r1, xq.data() + tile * nb, nx, y + tile * kTileRows * w.rows, w.rows);
-      }
-    }
-  });
+  ForEachUnit(pool, w.rows, tiles, nb * kTileRows,
+              [&](int64_t r_begin, int64_t r_end, int64_t t_begin, int64_t t_end) {
+                for (int64_t r0 = r_begin; r0 < r_end; r0 += kRowChunk) {
+                  const int64_t r1 = std::min(r_end, r0 + kRowChunk);
+                  for (int64_t tile = t_begin; tile < t_end;) {
+                    // Two full tiles per call where there are: the widest kernels share each
+                    // unpacked weight block among eight rows.
+                    const int64_t left = n - tile * kTileRows;
+                    const bool two = tile + 1 < t_end && left >= 2 * kTileRows;
+                    const int nx =
+                        two ? 2 * kTileRows : static_cast<int>(std::min<int64_t>(kTileRows, left));
+                    kernel(w, r0, r1, xq.data() + tile * nb, nx, y + tile * kTileRows * w.rows,
+                           w.rows);
+                    tile += two ? 2 : 1;
+                  }
+                }
+              });
 }
 
 void MatMulExact(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {

@@ -15,6 +15,7 @@
 namespace tandem::matmul_internal {
 namespace {
 constexpr bool kVnni = true;
+constexpr bool kAvx512 = false;
 }  // namespace
 }  // namespace tandem::matmul_internal
 
@@ -22,19 +23,6 @@ constexpr bool kVnni = true;
 
 namespace tandem::matmul_internal {
 
-QuantKernel FindQuantKernelVnni(GgmlType type) {
-  switch (type) {
-    case GgmlType::kQ4_0:
-      return &Kernel<Q4_0Format>;
-    case GgmlType::kQ4_1:
-      return &Kernel<Q4_1Format>;
-    case GgmlType::kQ8_0:
-      return &Kernel<Q8_0Format>;
-    case GgmlType::kQ6_K:
-      return &Kernel<Q6_KFormat>;
-    default:
-      return nullptr;
-  }
-}
+QuantKernel FindQuantKernelVnni(GgmlType type, bool residual) { return FindKernel(type, residual); }
 
 }  // namespace tandem::matmul_internal

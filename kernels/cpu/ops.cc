@@ -35,23 +35,58 @@ void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float 
   }
 }
 
-void Rope(float* x, const int32_t* positions, int64_t n_tokens, int n_heads, int head_dim,
-          float theta, RopeLayout layout) {
-  CHECK_EQ(head_dim % 2, 0) << "head_dim " << head_dim;
+namespace {
+
+// cos/sin tables of the last positions Rope saw, per thread. A forward pass calls Rope twice
+// per layer (q and k) with the same positions, so the tables are built once per pass;
+// building them (double-precision sin/cos of every (token, pair)) costs more than rotating.
+struct RopeTables {
+  std::vector<int32_t> positions;  // [n_tokens]
+  float theta = 0.0f;
+  int head_dim = 0;
+  std::vector<float> cos;  // [n_tokens, head_dim / 2]
+  std::vector<float> sin;  // [n_tokens, head_dim / 2]
+};
+
+const RopeTables& GetRopeTables(const int32_t* positions, int64_t n_tokens, int head_dim,
+                                float theta) {
+  thread_local RopeTables t;
+  if (t.theta == theta && t.head_dim == head_dim &&
+      t.positions.size() == static_cast<size_t>(n_tokens) &&
+      std::equal(positions, positions + n_tokens, t.positions.begin())) {
+    return t;
+  }
   const int half = head_dim / 2;
   std::vector<double> inv_freq(half);  // [half]
   for (int i = 0; i < half; ++i) {
     inv_freq[i] = std::pow(static_cast<double>(theta), -2.0 * i / head_dim);
   }
-  // cos/sin of one token, shared by its heads; the angle is formed in double so large
-  // positions keep full fp32 accuracy.
-  std::vector<float> cs(half), sn(half);  // [half]
-  for (int64_t t = 0; t < n_tokens; ++t) {
+  t.positions.assign(positions, positions + n_tokens);
+  t.theta = theta;
+  t.head_dim = head_dim;
+  t.cos.resize(n_tokens * half);
+  t.sin.resize(n_tokens * half);
+  for (int64_t k = 0; k < n_tokens; ++k) {
     for (int i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(positions[t]) * inv_freq[i];
-      cs[i] = static_cast<float>(std::cos(angle));
-      sn[i] = static_cast<float>(std::sin(angle));
+      // The angle in double keeps large positions accurate to fp32.
+      const double angle = static_cast<double>(positions[k]) * inv_freq[i];
+      t.cos[k * half + i] = static_cast<float>(std::cos(angle));
+      t.sin[k * half + i] = static_cast<float>(std::sin(angle));
     }
+  }
+  return t;
+}
+
+}  // namespace
+
+void Rope(float* x, const int32_t* positions, int64_t n_tokens, int n_heads, int head_dim,
+          float theta, RopeLayout layout) {
+  CHECK_EQ(head_dim % 2, 0) << "head_dim " << head_dim;
+  const int half = head_dim / 2;
+  const RopeTables& tables = GetRopeTables(positions, n_tokens, head_dim, theta);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* cs = tables.cos.data() + t * half;
+    const float* sn = tables.sin.data() + t * half;
     for (int h = 0; h < n_heads; ++h) {
       float* v = x + (t * n_heads + h) * head_dim;
       if (layout == RopeLayout::kAdjacentPairs) {
@@ -64,7 +99,7 @@ void Rope(float* x, const int32_t* positions, int64_t n_tokens, int n_heads, int
         int i = 0;
         for (; i + 8 <= half; i += 8) {
           const __m256 a = _mm256_loadu_ps(v + i), b = _mm256_loadu_ps(v + i + half);
-          const __m256 c = _mm256_loadu_ps(cs.data() + i), s = _mm256_loadu_ps(sn.data() + i);
+          const __m256 c = _mm256_loadu_ps(cs + i), s = _mm256_loadu_ps(sn + i);
           _mm256_storeu_ps(v + i, _mm256_fmsub_ps(a, c, _mm256_mul_ps(b, s)));
           _mm256_storeu_ps(v + i + half, _mm256_fmadd_ps(a, s, _mm256_mul_ps(b, c)));
         }
@@ -123,7 +158,8 @@ void Softmax(float* x, int64_t n) {
   }
   const float inv = 1.0f / sum;
   const __m256 vinv = _mm256_set1_ps(inv);
-  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+  for (i = 0; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
   for (; i < n; ++i) x[i] *= inv;
 }
 

@@ -335,8 +335,10 @@ absl::Status Dispatch(const KernelParams& p, const PrefillAttentionArgs& a, bool
                : Launch<128, false, Cfg>(p, h, m, n, stream);
 }
 
-// NOTE: defaults chosen before measuring on the device; kernels_bench times every variant.
-constexpr internal::PrefillVariant kDefaultVariant128 = internal::PrefillVariant::kWarps8;
+// NOTE: set from kernels_bench on an H200 (2026-11-27, 32/8 heads, causal): at d 128 w4r32
+// led at S 2048 and 8192 (231 and 286 TFLOP/s vs 215/260 w4o2, 193/242 w4o3, 160/229 w8);
+// at d 64 (S 8192) w4o2 214 vs w8 178 (w4o3 and w4r32 not timed there).
+constexpr internal::PrefillVariant kDefaultVariant128 = internal::PrefillVariant::kWarps4Rows32;
 constexpr internal::PrefillVariant kDefaultVariant64 = internal::PrefillVariant::kWarps4Occ2;
 
 }  // namespace

@@ -19,6 +19,18 @@ const char* PrefillVariantName(PrefillVariant v);
 absl::Status PrefillAttentionTuned(const PrefillAttentionArgs& args, PrefillVariant variant,
                                    cudaStream_t stream);
 
+// Implementations of DecodeAttention. Both use the same partition plan, so
+// DecodeAttentionWorkspaceBytes covers either; results agree to fp32 rounding.
+enum class DecodeVariant {
+  kDefault,    // what DecodeAttention uses (kDefaultDecodeVariant in decode_attention.cu)
+  kRegisters,  // rows loaded straight into registers, block id looked up per row (first version)
+  kPipelined,  // row offsets resolved once per CTA; K then V tiles through a cp.async ring
+};
+const char* DecodeVariantName(DecodeVariant v);
+
+absl::Status DecodeAttentionTuned(const DecodeAttentionArgs& args, const PagedKvCache& cache,
+                                  DecodeVariant variant, cudaStream_t stream);
+
 }  // namespace tandem::cuda::internal
 
 #endif  // TANDEM_KERNELS_CUDA_TUNING_H_

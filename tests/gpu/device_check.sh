@@ -5,7 +5,29 @@
 # temporary folder); a compact summary table is printed last. Exit status: 1 if any test
 # failed (or could not start), 2 if only the benchmark failed, 0 otherwise.
 set -uo pipefail
-[[ $# -ge 1 ]] || { echo "usage: $0 BUNDLE_DIR" >&2; exit 2; }
+# The default model is too big for one call (see prepare_bundle.sh). Its parts collect in
+# $stash, which a warm machine keeps between calls; when both are there they are joined and
+# checked into $stash/model.gguf. `--stash-model` only collects (call 1: build-model-parts/a
+# carried); a normal run also collects what is carried (call 2: build-model-parts/b).
+stash=/tmp/tandem-model
+stash_model() {
+  mkdir -p "$stash"
+  [[ -f build-model-parts/a/model.part0 ]] && cp build-model-parts/a/model.part0 "$stash/"
+  [[ -f build-model-parts/b/model.part1 ]] && cp build-model-parts/b/model.part1 build-model-parts/b/model.sha256 "$stash/"
+  if [[ ! -f $stash/model.gguf && -f $stash/model.part0 && -f $stash/model.part1 ]]; then
+    cat "$stash/model.part0" "$stash/model.part1" >"$stash/model.gguf"
+    if [[ $(sha256sum "$stash/model.gguf" | cut -d' ' -f1) != "$(cat "$stash/model.sha256")" ]]; then
+      echo "joined model's sha256 differs from model.sha256" >&2
+      rm -f "$stash/model.gguf"
+    fi
+  fi
+  ls -l "$stash"
+}
+if [[ ${1:-} == --stash-model ]]; then
+  stash_model
+  exit 0
+fi
+[[ $# -ge 1 ]] || { echo "usage: $0 BUNDLE_DIR | --stash-model" >&2; exit 2; }
 bundle=$(cd "$1" && pwd) || exit 2
 logs=${OUT:-$(mktemp -d)}/gpu-logs
 mkdir -p "$logs"
@@ -27,11 +49,22 @@ if [[ -z $cublas_dir ]]; then
 fi
 [[ -n $cublas_dir ]] && libpath+=":$cublas_dir"
 export LD_LIBRARY_PATH=$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# cuda_engine_test: the default model (models/… under the repository root, or joined from the
+# stashed first part and the carried second part) and the golden data of this checkout (the
+# binary's compiled-in source path is the build machine's).
+model=$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [[ -z ${TANDEM_TEST_MODEL:-} && ! -f $model ]]; then
+  stash_model >/dev/null
+  model=$stash/model.gguf
+fi
+[[ -z ${TANDEM_TEST_MODEL:-} && -f $model ]] && export TANDEM_TEST_MODEL=$model
+export TANDEM_GOLDEN_DIR=${TANDEM_GOLDEN_DIR:-$PWD/tests/golden}
 gpu_seen=0
 nvidia-smi -L >/dev/null 2>&1 && gpu_seen=1
 {
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   echo "cublas: ${cublas_dir:-NOT FOUND}"
+  echo "TANDEM_TEST_MODEL=${TANDEM_TEST_MODEL:-unset} TANDEM_GOLDEN_DIR=$TANDEM_GOLDEN_DIR"
   nvidia-smi -L
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 } 2>&1 | tee "$logs/device.txt"
@@ -84,6 +117,8 @@ if [[ -n $errs ]]; then
   awk '{for (i = 1; i <= NF; ++i) if ($i ~ /^rel_l2=/) print substr($i, 8), $0}' <<<"$errs" |
     sort -g | tail -3 | cut -d' ' -f2- | sed 's/^/  /'
 fi
+# The CUDA model runner: synthetic-model errors, golden continuations, decode throughput.
+grep -h -E '^\[ (synth|golden|bench) +\]' "$logs"/cuda_engine_test.log 2>/dev/null
 echo "kernels_bench rc=$bench_rc"
 sed -n '/^| kernel/,$p' "$logs/kernels_bench.log"
 ((bench_rc != 0)) && tail -5 "$logs/kernels_bench.log"

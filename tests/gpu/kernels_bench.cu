@@ -1,11 +1,13 @@
 // Throughput of the CUDA kernels against the device's measured ceilings, timed with CUDA
-// events after warm-up. Prints one table; exits non-zero if a launch fails.
+// events after warm-up. Prints one table; exits non-zero if a launch fails or the decode
+// attention variants disagree.
 //   kernels_bench [--quick]     (--quick: fewer iterations)
 //
 // Rows: device-to-device copy (the bandwidth ceiling, read + write bytes), paged decode
-// attention at batch 64 x context 4096 (32 query / 8 KV heads, head dim 128, bf16 KV;
-// bytes = K and V read once), causal prefill attention at 2k and 8k tokens (32 heads, head
-// dim 128; FLOPs = 2 * 2 * S^2 * H * D / 2), and cuBLAS bf16 GEMM.
+// attention at batch 64 x context 4096 and 8 x 16384 (32 query / 8 KV heads, head dim 128,
+// bf16 KV; bytes = K and V read once; every implementation, each output checked against the
+// first's), causal prefill attention at 2k and 8k tokens (32 heads, head dim 128; FLOPs =
+// 2 * 2 * S^2 * H * D / 2), and cuBLAS bf16 GEMM.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -80,6 +82,7 @@ T* Upload(const std::vector<T>& v) {
 }
 
 int g_warmup = 3, g_iters = 20;
+bool g_failed = false;  // a correctness check failed (the bench still prints every row)
 
 // Mean milliseconds per call of fn() over g_iters after g_warmup calls.
 template <typename Fn>
@@ -135,6 +138,8 @@ double BenchCopy() {
   return gbs;
 }
 
+// Times every DecodeAttention implementation on the same inputs and checks each output
+// against the first (registers) variant's; a disagreement fails the bench.
 void BenchDecode(double copy_gbs, int batch, int ctx, bool shuffled) {
   const int n_heads = 32, n_kv = 8, d = 128, bs = 16;
   const int blocks_per_seq = (ctx + bs - 1) / bs;
@@ -144,8 +149,9 @@ void BenchDecode(double copy_gbs, int batch, int ctx, bool shuffled) {
   if (shuffled) std::shuffle(ids.begin(), ids.end(), std::mt19937(7));
   const size_t cache_elems = size_t(num_blocks) * bs * n_kv * d;
   PagedKvCache cache{RandomBf16(cache_elems, 1), RandomBf16(cache_elems, 2), num_blocks, bs, n_kv, d};
-  bf16* q = RandomBf16(size_t(batch) * n_heads * d, 3, 2.0f);
-  bf16* out = DeviceAlloc<bf16>(size_t(batch) * n_heads * d);
+  const size_t out_elems = size_t(batch) * n_heads * d;
+  bf16* q = RandomBf16(out_elems, 3, 2.0f);
+  bf16* out = DeviceAlloc<bf16>(out_elems);
   int32_t* lens = Upload(std::vector<int32_t>(batch, ctx));
   int32_t* tables = Upload(ids);
   DecodeAttentionArgs a;
@@ -160,14 +166,50 @@ void BenchDecode(double copy_gbs, int batch, int ctx, bool shuffled) {
   a.scale = 1.0f / std::sqrt(float(d));
   a.workspace_bytes = DecodeAttentionWorkspaceBytes(a, cache);
   a.workspace = a.workspace_bytes ? DeviceAlloc<char>(a.workspace_bytes) : nullptr;
-  const double ms = TimeMs([&] { BENCH_OK(DecodeAttention(a, cache, nullptr)); });
   const double bytes = 2.0 * double(batch) * ctx * n_kv * d * sizeof(bf16);
-  const double gbs = bytes / (ms * 1e-3) / 1e9;
-  char shape[96];
-  std::snprintf(shape, sizeof shape, "B%d ctx%d 32/8h d128%s", batch, ctx,
-                shuffled ? " shuf" : " seq");
-  Add("decode attention (paged)", shape, ms, Fmt("%.0f GB/s", gbs),
-      Fmt("%.0f%% of copy", 100.0 * gbs / copy_gbs));
+  std::vector<float> first;  // [batch, n_heads, d] output of the first variant
+  using internal::DecodeVariant;
+  for (const DecodeVariant v : {DecodeVariant::kRegisters, DecodeVariant::kPipelined}) {
+    BENCH_CUDA(cudaMemset(out, 0xff, out_elems * sizeof(bf16)));  // NaNs
+    const double ms =
+        TimeMs([&] { BENCH_OK(internal::DecodeAttentionTuned(a, cache, v, nullptr)); });
+    std::vector<bf16> host(out_elems);
+    BENCH_CUDA(cudaMemcpy(host.data(), out, out_elems * sizeof(bf16), cudaMemcpyDeviceToHost));
+    std::vector<float> got(out_elems);
+    for (size_t i = 0; i < out_elems; ++i) got[i] = __bfloat162float(host[i]);
+    std::string check;
+    if (first.empty()) {
+      first = got;
+      for (const float x : got) {
+        if (!std::isfinite(x)) {
+          check = ", NOT FINITE";
+          g_failed = true;
+          break;
+        }
+      }
+    } else {
+      // Same fp32 terms, summed in the same order by both variants: expect equal outputs,
+      // allow one bf16 rounding step. A dropped or repeated tile moves outputs by far more.
+      double worst = 0.0, err2 = 0.0, ref2 = 0.0;
+      bool ok = true;
+      for (size_t i = 0; i < out_elems; ++i) {
+        const double diff = std::fabs(double(got[i]) - double(first[i]));
+        ok = ok && diff <= 1e-5 + std::fabs(double(first[i])) / 128.0;  // false for NaN
+        worst = std::max(worst, std::isnan(diff) ? INFINITY : diff);
+        err2 += diff * diff;
+        ref2 += double(first[i]) * first[i];
+      }
+      if (!ok) g_failed = true;
+      check = Fmt(", max|diff| %.1e", worst) + Fmt(" rel_l2 %.1e vs regs", std::sqrt(err2 / ref2)) +
+              (ok ? "" : " MISMATCH");
+    }
+    const double gbs = bytes / (ms * 1e-3) / 1e9;
+    char shape[96];
+    std::snprintf(shape, sizeof shape, "B%d ctx%d 32/8h d128 %s %s", batch, ctx,
+                  shuffled ? "shuf" : "seq", internal::DecodeVariantName(v));
+    Add("decode attention (paged)", shape, ms, Fmt("%.0f GB/s", gbs),
+        Fmt("%.0f%% of copy", 100.0 * gbs / copy_gbs) + check);
+  }
   for (void* p : {static_cast<void*>(cache.k), static_cast<void*>(cache.v), static_cast<void*>(q),
                   static_cast<void*>(out), static_cast<void*>(lens), static_cast<void*>(tables),
                   a.workspace}) {
@@ -294,7 +336,8 @@ int Main(int argc, char** argv) {
     std::printf("| %s | %s | %.3f | %s | %s |\n", r.name.c_str(), r.shape.c_str(), r.ms,
                 r.metric.c_str(), r.vs.c_str());
   }
-  return 0;
+  if (g_failed) std::printf("kernels_bench: FAILED: decode attention variants disagree\n");
+  return g_failed ? 1 : 0;
 }
 
 }  // namespace

@@ -2,7 +2,17 @@
 # Builds the GPU tests and kernels_bench HERE (no GPU needed; sm_90a for H100/H200) and
 # bundles them with the shared libraries they load, for tests/gpu/device_check.sh on the GPU
 # machine. Usage (from anywhere): tests/gpu/prepare_bundle.sh [OUT_DIR]   (default ./gpu-bundle)
-# Env: BUILD_DIR (default ./build-gpu), JOBS (default 2).
+# Env: BUILD_DIR (default ./build-gpu), JOBS (default 2), ONLY (space-separated targets to
+# bundle instead of all, e.g. ONLY=cuda_engine_test for a ~10 MiB bundle).
+#
+# NOTE: the default model (SmolLM2-135M Q4_1, 94 MiB, for cuda_engine_test) is more than one
+# device call may carry (64 MiB in all). When it is found ($TANDEM_TEST_MODEL or the cache),
+# it is split into build-model-parts/a (60 MiB) and build-model-parts/b (34 MiB). Call 1
+# carries a and runs `tests/gpu/device_check.sh --stash-model` (copies it to /tmp on the
+# device machine, which keeps it while warm: 30 s); call 2 carries b with a bundle that fits
+# beside it (ONLY=cuda_engine_test, 10 MiB) and runs device_check.sh, which joins the model.
+# The full bundle (33 MiB) + b is over 64 MiB: carry b alone with --stash-model in call 2 and
+# the full bundle in call 3.
 #
 # NOTE: cuBLAS (libcublas + libcublasLt, ~600 MB) is left out of the bundle; device_check.sh
 # finds the GPU machine's own CUDA 13 copy.
@@ -24,6 +34,7 @@ for src in "$root"/tests/gpu/*_test.cc "$root"/tests/gpu/*_test.cu; do
   name=${src##*/}
   targets+=("${name%.*}")
 done
+if [[ -n ${ONLY:-} ]]; then read -r -a targets <<<"$ONLY"; fi
 echo "building: ${targets[*]}"
 cmake --build "$build" --target "${targets[@]}" -j"$jobs"
 
@@ -40,5 +51,19 @@ echo "bundle: $out ($((size_kib / 1024)) MiB): $(ls "$out/bin" | tr '\n' ' ')"
 if ((size_kib >= 64 * 1024)); then
   echo "ERROR: bundle is over 64 MiB, too big to carry" >&2
   exit 1
+fi
+
+model=${TANDEM_TEST_MODEL:-${TANDEM_HOME:-$HOME/.cache/tandem}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+parts=$root/build-model-parts
+if [[ -f $model ]]; then
+  rm -rf "$parts"
+  mkdir -p "$parts/a" "$parts/b"
+  head -c $((60 << 20)) "$model" >"$parts/a/model.part0"
+  tail -c +$(((60 << 20) + 1)) "$model" >"$parts/b/model.part1"
+  sha256sum "$model" | cut -d' ' -f1 >"$parts/b/model.sha256"
+  echo "model: $model split into build-model-parts/a ($(du -sm "$parts/a" | cut -f1) MiB)" \
+    "and build-model-parts/b ($(du -sm "$parts/b" | cut -f1) MiB)"
+else
+  echo "model not found at $model: cuda_engine_test's golden and bench tests will fail there"
 fi
 echo "on the GPU machine, from the repository root: tests/gpu/device_check.sh ${out#"$root"/}"

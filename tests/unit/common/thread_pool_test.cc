@@ -66,8 +66,10 @@ TEST(ThreadPoolTest, ManyRegionsBackToBack) {
     for (int r = 0; r < regions; ++r) {
       pool.Run([&](int t, int) { sums[t] += r; });
     }
-    const double us = std::chrono::duration<double, std::micro>(
-                          std::chrono::steady_clock::now() - start).count() / regions;
+    const double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+            .count() /
+        regions;
     const int64_t expected = int64_t{regions} * (regions - 1) / 2;
     for (int64_t s : sums) EXPECT_EQ(s, expected);
     std::printf("%d threads: %.2f us per Run\n", threads, us);

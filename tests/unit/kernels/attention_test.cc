@@ -34,8 +34,8 @@ struct SeqData {
 };
 
 // Contiguous causal GQA attention in double.
-std::vector<double> Reference(const SeqData& s, const SeqSpec& spec, int n_heads, int n_kv,
-                              int hd, float scale) {
+std::vector<double> Reference(const SeqData& s, const SeqSpec& spec, int n_heads, int n_kv, int hd,
+                              float scale) {
   std::vector<double> out(static_cast<size_t>(spec.n_q) * n_heads * hd, 0.0);
   const int group = n_heads / n_kv;
   for (int i = 0; i < spec.n_q; ++i) {
@@ -77,7 +77,8 @@ struct Case {
 void RunCase(const Case& c) {
   std::mt19937 rng(1234);
   int total_blocks = 0;
-  for (const SeqSpec& s : c.seqs) total_blocks += (s.start_pos + s.n_q + c.block_size - 1) / c.block_size;
+  for (const SeqSpec& s : c.seqs)
+    total_blocks += (s.start_pos + s.n_q + c.block_size - 1) / c.block_size;
   const int num_blocks = total_blocks + 5;  // a few unused blocks
   std::vector<int32_t> ids(num_blocks);
   std::iota(ids.begin(), ids.end(), 0);
@@ -87,8 +88,8 @@ void RunCase(const Case& c) {
   const size_t elem = c.dtype == KvDtype::kF16 ? 2 : 4;
   std::vector<uint8_t> k_cache(num_blocks * c.block_size * token_elems * elem, 0xff);
   std::vector<uint8_t> v_cache(k_cache.size(), 0xff);
-  PagedKvLayer layer{k_cache.data(), v_cache.data(), c.dtype, num_blocks, c.block_size, c.n_kv,
-                     c.head_dim};
+  PagedKvLayer layer{k_cache.data(), v_cache.data(), c.dtype,   num_blocks,
+                     c.block_size,   c.n_kv,         c.head_dim};
 
   std::vector<SeqData> data(c.seqs.size());
   std::vector<AttentionSeq> attn;

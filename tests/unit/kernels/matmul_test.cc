@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "common/thread_pool.h"
@@ -58,10 +59,16 @@ std::vector<double> Naive(const TestWeights& w, const std::vector<float>& x, int
   return y;
 }
 
+constexpr ActivationQuant kQuants[] = {ActivationQuant::kInt8, ActivationQuant::kInt8Residual};
+
+const char* Name(ActivationQuant q) { return q == ActivationQuant::kInt8 ? "int8" : "int8+res"; }
+
 // Error bound of MatMul for quantized weights: each activation is rounded to the nearest of
-// 255 levels spanning ±amax of its 32-block, so it moves by at most amax/254; the product
-// moves by at most Σ_k |w_k| · amax_b / 254. Plus fp32 accumulation: 1e-5 · Σ|w||x|.
-double QuantErrorBound(const TestWeights& w, const float* x, int64_t r) {
+// 255 levels spanning ±amax of its 32-block, so it moves by at most amax/254 (amax/254/128
+// with the residual); the product moves by at most Σ_k |w_k| times that. Plus fp32
+// accumulation: 1e-5 · Σ|w||x|.
+double QuantErrorBound(const TestWeights& w, const float* x, int64_t r, ActivationQuant quant) {
+  const double levels = quant == ActivationQuant::kInt8 ? 254.0 : 254.0 * 128.0;
   const int64_t cols = w.view.cols;
   double bound = 0, mag = 0;
   for (int64_t b = 0; b < cols / 32; ++b) {
@@ -71,7 +78,7 @@ double QuantErrorBound(const TestWeights& w, const float* x, int64_t r) {
       wsum += std::fabs(w.values[r * cols + k]);
       mag += std::fabs(w.values[r * cols + k] * x[k]);
     }
-    bound += wsum * amax / 254.0;
+    bound += wsum * amax / levels;
   }
   return bound * 1.001 + 1e-5 * mag + 1e-7;
 }
@@ -92,25 +99,85 @@ TEST_P(MatMulTest, MatchesNaiveAndExact) {
   const GgmlType type = GetParam();
   ThreadPool pool(2);
   const int64_t block = Traits(type).block_size;
-  for (int64_t cols : {block == 256 ? int64_t{512} : int64_t{576}, int64_t{block == 1 ? 13 : 256}}) {
+  for (int64_t cols :
+       {block == 256 ? int64_t{512} : int64_t{576}, int64_t{block == 1 ? 13 : 256}}) {
     for (int64_t rows : {1, 7, 37, 67}) {
       const TestWeights w = MakeWeights(type, rows, cols, 11 + rows);
       for (int64_t n : {1, 3, 8, 33}) {
         const std::vector<float> x = Random(n * cols, 100 + n);
         const std::vector<double> ref = Naive(w, x, n);
-        std::vector<float> y(n * rows), y_exact(n * rows);
-        MatMul(w.view, x.data(), n, y.data(), pool);
+        std::vector<float> y_exact(n * rows);
         MatMulExact(w.view, x.data(), n, y_exact.data(), pool);
+        for (int64_t i = 0; i < n * rows; ++i) {
+          EXPECT_NEAR(y_exact[i], ref[i], FloatErrorBound(w, x.data() + i / rows * cols, i % rows))
+              << GgmlTypeName(type) << " rows=" << rows << " cols=" << cols << " n=" << n;
+        }
+        for (ActivationQuant quant : kQuants) {
+          std::vector<float> y(n * rows);
+          MatMul(w.view, x.data(), n, y.data(), pool, quant);
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t r = 0; r < rows; ++r) {
+              const float* xj = x.data() + j * cols;
+              const double bound =
+                  IsQuantized(type) ? QuantErrorBound(w, xj, r, quant) : FloatErrorBound(w, xj, r);
+              EXPECT_NEAR(y[j * rows + r], ref[j * rows + r], bound)
+                  << GgmlTypeName(type) << " " << Name(quant) << " rows=" << rows
+                  << " cols=" << cols << " n=" << n << " j=" << j << " r=" << r;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// MatMul's only approximation is the activation rounding: against the naive product with the
+// activations it actually used (read back from QuantizeActivations), it agrees to fp32
+// accumulation error. Much tighter than the worst-case bound above, so a kernel slip that
+// stays under that bound (a wrong scale on some blocks, say) still shows here.
+TEST_P(MatMulTest, MatchesNaiveOnQuantizedActivations) {
+  const GgmlType type = GetParam();
+  if (!IsQuantized(type)) GTEST_SKIP() << "float weights use x as is";
+  ThreadPool pool(2);
+  const int64_t cols = Traits(type).block_size == 256 ? 512 : 576;
+  for (ActivationQuant quant : kQuants) {
+    const bool residual = quant == ActivationQuant::kInt8Residual;
+    for (int64_t rows : {1, 9, 67}) {
+      const TestWeights w = MakeWeights(type, rows, cols, 21 + rows);
+      for (int64_t n : {1, 2, 3, 5, 8, 13}) {
+        const std::vector<float> x = Random(n * cols, 200 + n);
+        const int64_t nb = cols / 32, tiles = (n + 3) / 4;
+        std::vector<matmul_internal::XTileBlock> xq(tiles * nb);
+        matmul_internal::QuantizeActivations(x.data(), cols, 0, n, n, residual, xq.data());
+        std::vector<float> xr(n * cols);  // the activations as quantized
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t b = 0; b < nb; ++b) {
+            const matmul_internal::XTileBlock& blk = xq[j / 4 * nb + b];
+            double sum = 0;
+            for (int k = 0; k < 32; ++k) {
+              const int level =
+                  residual ? 128 * blk.qs[j % 4][k] + blk.qr[j % 4][k] : blk.qs[j % 4][k];
+              if (residual) {
+                EXPECT_LE(std::abs(blk.qr[j % 4][k]), 64);
+              }
+              xr[j * cols + b * 32 + k] = static_cast<float>(level) * blk.d[j % 4];
+              sum += level;
+              // The rounding is to the nearest level (up to the fp32 error of x·(1/d), a
+              // thousandth of a residual step).
+              EXPECT_LE(std::fabs(xr[j * cols + b * 32 + k] - x[j * cols + b * 32 + k]),
+                        0.502 * blk.d[j % 4] + 1e-30);
+            }
+            EXPECT_NEAR(blk.s[j % 4], blk.d[j % 4] * sum, 1e-6 * std::fabs(blk.s[j % 4]) + 1e-12);
+          }
+        }
+        const std::vector<double> ref = Naive(w, xr, n);
+        std::vector<float> y(n * rows);
+        MatMul(w.view, x.data(), n, y.data(), pool, quant);
         for (int64_t j = 0; j < n; ++j) {
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = j * rows + r;
-            const float* xj = x.data() + j * cols;
-            EXPECT_NEAR(y_exact[i], ref[i], FloatErrorBound(w, xj, r))
-                << GgmlTypeName(type) << " rows=" << rows << " cols=" << cols << " n=" << n;
-            const double bound =
-                IsQuantized(type) ? QuantErrorBound(w, xj, r) : FloatErrorBound(w, xj, r);
-            EXPECT_NEAR(y[i], ref[i], bound)
-                << GgmlTypeName(type) << " rows=" << rows << " cols=" << cols << " n=" << n
+            EXPECT_NEAR(y[j * rows + r], ref[j * rows + r],
+                        FloatErrorBound(w, xr.data() + j * cols, r))
+                << GgmlTypeName(type) << " " << Name(quant) << " rows=" << rows << " n=" << n
                 << " j=" << j << " r=" << r;
           }
         }
@@ -128,47 +195,62 @@ TEST_P(MatMulTest, BatchAndThreadInvariant) {
   const int64_t n = 37;
   const std::vector<float> x = Random(n * cols, 6);
   ThreadPool pool1(1), pool2(2), pool3(3);
-  std::vector<float> batched(n * rows);
-  MatMul(w.view, x.data(), n, batched.data(), pool2);
-  for (ThreadPool* pool : {&pool1, &pool2, &pool3}) {
-    std::vector<float> again(n * rows);
-    MatMul(w.view, x.data(), n, again.data(), *pool);
-    EXPECT_EQ(std::memcmp(again.data(), batched.data(), again.size() * sizeof(float)), 0)
-        << GgmlTypeName(type) << " threads=" << pool->num_threads();
-  }
-  for (int64_t start : {0, 5, 17, 36}) {
-    for (int64_t len : {1, 2, 3, 6}) {
-      if (start + len > n) continue;
-      std::vector<float> part(len * rows);
-      MatMul(w.view, x.data() + start * cols, len, part.data(), pool2);
-      EXPECT_EQ(std::memcmp(part.data(), batched.data() + start * rows, part.size() * sizeof(float)), 0)
-          << GgmlTypeName(type) << " start=" << start << " len=" << len;
+  for (ActivationQuant quant : kQuants) {
+    std::vector<float> batched(n * rows);
+    MatMul(w.view, x.data(), n, batched.data(), pool2, quant);
+    for (ThreadPool* pool : {&pool1, &pool2, &pool3}) {
+      std::vector<float> again(n * rows);
+      MatMul(w.view, x.data(), n, again.data(), *pool, quant);
+      EXPECT_EQ(std::memcmp(again.data(), batched.data(), again.size() * sizeof(float)), 0)
+          << GgmlTypeName(type) << " threads=" << pool->num_threads();
+    }
+    for (int64_t start : {0, 5, 17, 36}) {
+      for (int64_t len : {1, 2, 3, 6}) {
+        if (start + len > n) continue;
+        std::vector<float> part(len * rows);
+        MatMul(w.view, x.data() + start * cols, len, part.data(), pool2, quant);
+        EXPECT_EQ(
+            std::memcmp(part.data(), batched.data() + start * rows, part.size() * sizeof(float)), 0)
+            << GgmlTypeName(type) << " start=" << start << " len=" << len;
+      }
     }
   }
 }
 
-// The AVX2 and AVX-VNNI builds of the integer kernels agree bit for bit, so results do not
-// depend on which machine served a request.
-TEST_P(MatMulTest, Avx2AndVnniBuildsAgree) {
+// The AVX2, AVX-VNNI and AVX-512 builds of the integer kernels agree bit for bit, so results
+// do not depend on which machine served a request. Tiles of 1-4 and 8 rows cover every path.
+TEST_P(MatMulTest, KernelBuildsAgree) {
   const GgmlType type = GetParam();
   if (!IsQuantized(type)) GTEST_SKIP() << "float weights have one build";
-  if (!__builtin_cpu_supports("avxvnni")) GTEST_SKIP() << "CPU without AVX-VNNI";
+  using matmul_internal::QuantKernel;
   using matmul_internal::XTileBlock;
-  const int64_t cols = Traits(type).block_size == 256 ? 512 : 576, rows = 13, n = 7;
+  const int64_t cols = Traits(type).block_size == 256 ? 512 : 576, rows = 13;
   const TestWeights w = MakeWeights(type, rows, cols, 8);
-  const std::vector<float> x = Random(n * cols, 9);
-  const int64_t nb = cols / 32, tiles = (n + 3) / 4;
-  std::vector<XTileBlock> xq(tiles * nb);
-  matmul_internal::QuantizeActivations(x.data(), cols, 0, n, n, xq.data());
-  std::vector<float> y_avx2(n * rows), y_vnni(n * rows);
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int nx = static_cast<int>(std::min<int64_t>(4, n - 4 * t));
-    matmul_internal::FindQuantKernelAvx2(type)(w.view, 0, rows, xq.data() + t * nb, nx,
-                                               y_avx2.data() + 4 * t * rows, rows);
-    matmul_internal::FindQuantKernelVnni(type)(w.view, 0, rows, xq.data() + t * nb, nx,
-                                               y_vnni.data() + 4 * t * rows, rows);
+  const int64_t nb = cols / 32;
+  for (const bool residual : {false, true}) {
+    std::vector<std::pair<const char*, QuantKernel>> builds = {
+        {"avx2", matmul_internal::FindQuantKernelAvx2(type, residual)}};
+    if (__builtin_cpu_supports("avxvnni")) {
+      builds.push_back({"avxvnni", matmul_internal::FindQuantKernelVnni(type, residual)});
+    }
+    if (matmul_internal::CpuHasAvx512Kernels()) {
+      builds.push_back({"avx512", matmul_internal::FindQuantKernelAvx512(type, residual)});
+    }
+    if (builds.size() == 1) GTEST_SKIP() << "CPU has only the AVX2 build";
+    for (int nx : {1, 2, 3, 4, 8}) {  // 8: two tiles in one call
+      const std::vector<float> x = Random(nx * cols, 9 + nx);
+      std::vector<XTileBlock> xq(2 * nb);
+      matmul_internal::QuantizeActivations(x.data(), cols, 0, nx, nx, residual, xq.data());
+      std::vector<float> first(nx * rows);
+      builds[0].second(w.view, 0, rows, xq.data(), nx, first.data(), rows);
+      for (size_t b = 1; b < builds.size(); ++b) {
+        std::vector<float> y(nx * rows);
+        builds[b].second(w.view, 0, rows, xq.data(), nx, y.data(), rows);
+        EXPECT_EQ(std::memcmp(y.data(), first.data(), y.size() * sizeof(float)), 0)
+            << builds[b].first << " vs avx2, nx=" << nx << " residual=" << residual;
+      }
+    }
   }
-  EXPECT_EQ(std::memcmp(y_avx2.data(), y_vnni.data(), y_avx2.size() * sizeof(float)), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest,

@@ -81,6 +81,25 @@ TEST(RopeTest, PositionZeroIsIdentityAndLayoutsDiffer) {
   EXPECT_NEAR(b[32], x[0] * std::sin(5.0) + x[32] * std::cos(5.0), 1e-6);
 }
 
+// Rope keeps cos/sin tables between calls; changing the positions in place, theta or
+// head_dim must not reuse stale ones.
+TEST(RopeTest, TablesFollowTheirInputs) {
+  std::vector<int32_t> pos = {3, 9};
+  const std::vector<float> x0 = Random(2 * 64, 11);
+  auto check = [&](int head_dim, float theta) {
+    std::vector<float> x(x0.begin(), x0.begin() + 2 * head_dim);
+    std::vector<double> ref(x.begin(), x.end());
+    RopeReference(ref, pos, 1, head_dim, theta, RopeLayout::kAdjacentPairs);
+    Rope(x.data(), pos.data(), 2, 1, head_dim, theta, RopeLayout::kAdjacentPairs);
+    for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], ref[i], 1e-5) << i;
+  };
+  check(64, 10000.0f);
+  pos[1] = 700;  // same buffer, new contents
+  check(64, 10000.0f);
+  check(64, 500000.0f);
+  check(32, 500000.0f);
+}
+
 TEST(SiluMulTest, MatchesDoubleReference) {
   const int64_t n = 1543;
   std::vector<float> g = Random(n, 5, 4.0f), u = Random(n, 6), out(n);

@@ -1,0 +1,557 @@
+#include "engine/cuda/cuda_model_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "engine/cuda/runner_kernels.h"
+#include "kernels/cpu/ggml_types.h"
+#include "kernels/cpu/quant.h"
+
+namespace tandem {
+namespace {
+
+absl::Status CudaError(cudaError_t err, const char* what) {
+  return absl::InternalError(
+      absl::StrCat(what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+}
+
+#define RUNNER_CUDA_OK(expr)                                              \
+  do {                                                                    \
+    const cudaError_t runner_err_ = (expr);                               \
+    if (runner_err_ != cudaSuccess) return CudaError(runner_err_, #expr); \
+  } while (0)
+
+// Device sub-buffers start on 256-byte boundaries (cuBLAS and 16-byte vector loads).
+constexpr size_t kDeviceAlign = 256;
+size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+cuda::RopeLayout ToCudaRope(RopeLayout layout) {
+  return layout == RopeLayout::kAdjacentPairs ? cuda::RopeLayout::kAdjacentPairs
+                                              : cuda::RopeLayout::kHalfSplit;
+}
+
+// Dequantizes `w` (expected [rows, cols]) row by row to bf16 and copies it to `dst`.
+absl::Status UploadMatrix(const WeightView& w, int64_t rows, int64_t cols, const char* name,
+                          void* dst, std::vector<uint16_t>* host, std::vector<float>* row) {
+  if (w.rows != rows || w.cols != cols || w.data == nullptr) {
+    return absl::FailedPreconditionError(absl::StrFormat("weight %s is [%d, %d], expected [%d, %d]",
+                                                         name, w.rows, w.cols, rows, cols));
+  }
+  const GgmlTypeTraits* traits = FindGgmlType(static_cast<uint32_t>(w.type));
+  if (traits == nullptr || cols % traits->block_size != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("weight ", name, ": type ", GgmlTypeName(w.type), " cannot be read"));
+  }
+  const int64_t row_bytes = RowBytes(w.type, cols);
+  host->resize(static_cast<size_t>(rows * cols));
+  row->resize(static_cast<size_t>(cols));
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    DequantizeRow(w.type, src + r * row_bytes, row->data(), cols);
+    uint16_t* out = host->data() + r * cols;
+    for (int64_t i = 0; i < cols; ++i) out[i] = FloatToBf16((*row)[i]);
+  }
+  RUNNER_CUDA_OK(
+      cudaMemcpy(dst, host->data(), host->size() * sizeof(uint16_t), cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+absl::Status UploadVector(const std::vector<float>& v, int64_t n, const char* name, void* dst) {
+  if (static_cast<int64_t>(v.size()) != n) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("norm %s has %d elements, expected %d", name, v.size(), n));
+  }
+  RUNNER_CUDA_OK(cudaMemcpy(dst, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+CudaModelRunner::CudaModelRunner(const ModelConfig& config, const CudaModelRunnerOptions& options)
+    : config_(config), options_(options) {
+  q_dim_ = static_cast<int64_t>(config_.n_heads) * config_.head_dim;
+  kv_dim_ = static_cast<int64_t>(config_.n_kv_heads) * config_.head_dim;
+  qkv_dim_ = q_dim_ + 2 * kv_dim_;
+  use_decode_kernel_ = options_.decode_kernel && config_.n_heads / config_.n_kv_heads <= 8;
+}
+
+absl::StatusOr<std::unique_ptr<CudaModelRunner>> CudaModelRunner::Create(
+    const ModelWeights& weights, const CudaModelRunnerOptions& options) {
+  const ModelConfig& c = weights.config();
+  RETURN_IF_ERROR(c.Validate());
+  if (options.num_kv_blocks <= 0 || options.block_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("num_kv_blocks=%d block_size=%d",
+                                                      options.num_kv_blocks, options.block_size));
+  }
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("the CUDA attention kernels need head_dim 64 or 128, model '%s' has %d",
+                        c.name, c.head_dim));
+  }
+  if (c.hidden % 8 != 0 || c.ffn_dim % 8 != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("the CUDA runner needs hidden and ffn_dim multiples of 8 (got %d, %d)",
+                        c.hidden, c.ffn_dim));
+  }
+  if (static_cast<int64_t>(weights.layers().size()) != c.n_layers) {
+    return absl::FailedPreconditionError("layer count differs from the config");
+  }
+  std::unique_ptr<CudaModelRunner> runner(new CudaModelRunner(c, options));
+  RETURN_IF_ERROR(runner->Init(weights));
+  return runner;
+}
+
+absl::Status CudaModelRunner::Init(const ModelWeights& weights) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden;
+  const int64_t vocab = c.vocab_size;
+  const int64_t ffn = c.ffn_dim;
+  RUNNER_CUDA_OK(cudaSetDevice(options_.device));
+  RUNNER_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  ASSIGN_OR_RETURN(gemm_, cuda::CublasGemm::Create());
+
+  // Plan the weight arena.
+  size_t off = 0;
+  auto take = [&off](int64_t bytes) {
+    const size_t at = off;
+    off = AlignUp(off + static_cast<size_t>(bytes), kDeviceAlign);
+    return at;
+  };
+  const size_t embd_off = take(vocab * hidden * 2);
+  const bool tied = weights.output().data == weights.token_embd().data;
+  const size_t head_off = tied ? embd_off : take(vocab * hidden * 2);
+  const size_t out_norm_off = take(hidden * 4);
+  struct LayerOffsets {
+    size_t attn_norm, qkv, o, ffn_norm, gu, down;
+  };
+  std::vector<LayerOffsets> lo(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    lo[l].attn_norm = take(hidden * 4);
+    lo[l].qkv = take(qkv_dim_ * hidden * 2);
+    lo[l].o = take(hidden * q_dim_ * 2);
+    lo[l].ffn_norm = take(hidden * 4);
+    lo[l].gu = take(2 * ffn * hidden * 2);
+    lo[l].down = take(hidden * ffn * 2);
+  }
+  weight_bytes_ = static_cast<int64_t>(off);
+  RUNNER_CUDA_OK(cudaMalloc(&weight_arena_, off));
+  char* base = static_cast<char*>(weight_arena_);
+
+  std::vector<uint16_t> host;
+  std::vector<float> row;
+  RETURN_IF_ERROR(UploadMatrix(weights.token_embd(), vocab, hidden, "token_embd", base + embd_off,
+                               &host, &row));
+  if (!tied) {
+    RETURN_IF_ERROR(
+        UploadMatrix(weights.output(), vocab, hidden, "output", base + head_off, &host, &row));
+  }
+  RETURN_IF_ERROR(UploadVector(weights.output_norm(), hidden, "output_norm", base + out_norm_off));
+  token_embd_ = reinterpret_cast<const bf16*>(base + embd_off);
+  lm_head_ = reinterpret_cast<const bf16*>(base + head_off);
+  output_norm_ = reinterpret_cast<const float*>(base + out_norm_off);
+
+  // KV cache: zeroed once so that no uninitialized bf16 (possibly NaN) is ever in a tile.
+  const int64_t layer_elems = options_.num_kv_blocks * options_.block_size * kv_dim_;
+  kv_bytes_ = 2 * c.n_layers * layer_elems * 2;
+  RUNNER_CUDA_OK(cudaMalloc(&kv_arena_, static_cast<size_t>(kv_bytes_)));
+  RUNNER_CUDA_OK(cudaMemsetAsync(kv_arena_, 0, static_cast<size_t>(kv_bytes_), stream_));
+  bf16* kv_base = static_cast<bf16*>(kv_arena_);
+
+  layers_.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = weights.layer(l);
+    const LayerOffsets& o = lo[l];
+    RETURN_IF_ERROR(UploadVector(w.attn_norm, hidden, "attn_norm", base + o.attn_norm));
+    RETURN_IF_ERROR(UploadMatrix(w.wq, q_dim_, hidden, "attn_q", base + o.qkv, &host, &row));
+    RETURN_IF_ERROR(UploadMatrix(w.wk, kv_dim_, hidden, "attn_k",
+                                 base + o.qkv + q_dim_ * hidden * 2, &host, &row));
+    RETURN_IF_ERROR(UploadMatrix(w.wv, kv_dim_, hidden, "attn_v",
+                                 base + o.qkv + (q_dim_ + kv_dim_) * hidden * 2, &host, &row));
+    RETURN_IF_ERROR(UploadMatrix(w.wo, hidden, q_dim_, "attn_output", base + o.o, &host, &row));
+    RETURN_IF_ERROR(UploadVector(w.ffn_norm, hidden, "ffn_norm", base + o.ffn_norm));
+    RETURN_IF_ERROR(UploadMatrix(w.w_gate, ffn, hidden, "ffn_gate", base + o.gu, &host, &row));
+    RETURN_IF_ERROR(
+        UploadMatrix(w.w_up, ffn, hidden, "ffn_up", base + o.gu + ffn * hidden * 2, &host, &row));
+    RETURN_IF_ERROR(UploadMatrix(w.w_down, hidden, ffn, "ffn_down", base + o.down, &host, &row));
+
+    LayerDevice& d = layers_[l];
+    d.attn_norm = reinterpret_cast<const float*>(base + o.attn_norm);
+    d.w_qkv = reinterpret_cast<const bf16*>(base + o.qkv);
+    d.w_o = reinterpret_cast<const bf16*>(base + o.o);
+    d.ffn_norm = reinterpret_cast<const float*>(base + o.ffn_norm);
+    d.w_gate_up = reinterpret_cast<const bf16*>(base + o.gu);
+    d.w_down = reinterpret_cast<const bf16*>(base + o.down);
+    d.kv.k = kv_base + (2 * l) * layer_elems;
+    d.kv.v = kv_base + (2 * l + 1) * layer_elems;
+    d.kv.num_blocks = options_.num_kv_blocks;
+    d.kv.block_size = options_.block_size;
+    d.kv.n_kv_heads = c.n_kv_heads;
+    d.kv.head_dim = c.head_dim;
+  }
+  RUNNER_CUDA_OK(cudaStreamSynchronize(stream_));
+  LOG(INFO) << "CudaModelRunner: device " << options_.device << ", weights "
+            << (weight_bytes_ >> 20) << " MiB bf16" << (tied ? " (tied LM head)" : "")
+            << ", KV cache " << (kv_bytes_ >> 20) << " MiB (" << options_.num_kv_blocks
+            << " blocks of " << options_.block_size << ")";
+  return absl::OkStatus();
+}
+
+CudaModelRunner::~CudaModelRunner() {
+  if (cudaSetDevice(options_.device) != cudaSuccess) return;  // nothing can be freed
+  if (stream_ != nullptr) {
+    const cudaError_t e = cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) LOG(WARNING) << "cudaStreamSynchronize: " << cudaGetErrorName(e);
+  }
+  gemm_.reset();
+  for (void* p : {weight_arena_, kv_arena_, scratch_, meta_dev_}) {
+    if (p == nullptr) continue;
+    const cudaError_t e = cudaFree(p);
+    if (e != cudaSuccess) LOG(WARNING) << "cudaFree: " << cudaGetErrorName(e);
+  }
+  for (void* p : {meta_host_, logits_host_}) {
+    if (p == nullptr) continue;
+    const cudaError_t e = cudaFreeHost(p);
+    if (e != cudaSuccess) LOG(WARNING) << "cudaFreeHost: " << cudaGetErrorName(e);
+  }
+  if (stream_ != nullptr) {
+    const cudaError_t e = cudaStreamDestroy(stream_);
+    if (e != cudaSuccess) LOG(WARNING) << "cudaStreamDestroy: " << cudaGetErrorName(e);
+  }
+}
+
+absl::Status CudaModelRunner::ReserveDevice(void** ptr, size_t* capacity, size_t bytes) {
+  if (bytes <= *capacity && *ptr != nullptr) return absl::OkStatus();
+  const size_t grown =
+      std::max(AlignUp(std::max<size_t>(bytes, 1), kDeviceAlign), *capacity + *capacity / 2);
+  if (*ptr != nullptr) RUNNER_CUDA_OK(cudaFree(*ptr));
+  *ptr = nullptr;
+  *capacity = 0;
+  RUNNER_CUDA_OK(cudaMalloc(ptr, grown));
+  *capacity = grown;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::ReservePinned(void** ptr, size_t* capacity, size_t bytes) {
+  if (bytes <= *capacity && *ptr != nullptr) return absl::OkStatus();
+  const size_t grown =
+      std::max(AlignUp(std::max<size_t>(bytes, 1), kDeviceAlign), *capacity + *capacity / 2);
+  if (*ptr != nullptr) RUNNER_CUDA_OK(cudaFreeHost(*ptr));
+  *ptr = nullptr;
+  *capacity = 0;
+  RUNNER_CUDA_OK(cudaHostAlloc(ptr, grown, cudaHostAllocDefault));
+  *capacity = grown;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::ValidateBatch(absl::Span<const ForwardSeq> seqs) const {
+  const ModelConfig& c = config_;
+  const int bs = options_.block_size;
+  // Grid limits of the attention kernels (sequences on gridDim.z / gridDim.y).
+  if (seqs.size() > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%d sequences in one step; at most 65535", seqs.size()));
+  }
+  int64_t n_tokens = 0;
+  for (const ForwardSeq& s : seqs) {
+    if (s.tokens.empty()) return absl::InvalidArgumentError("a sequence feeds no tokens");
+    const int64_t end = s.start_pos + static_cast<int64_t>(s.tokens.size());
+    if (s.start_pos < 0 || end > c.context_length) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "positions [%d, %d) outside the context of %d", s.start_pos, end, c.context_length));
+    }
+    if (static_cast<int64_t>(s.block_table.size()) * bs < end) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "block table of %d blocks cannot hold %d tokens", s.block_table.size(), end));
+    }
+    for (int32_t b : s.block_table) {
+      if (b < 0 || b >= options_.num_kv_blocks) {
+        return absl::InvalidArgumentError(absl::StrFormat("block id %d out of range", b));
+      }
+    }
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("token id %d outside the vocabulary of %d", t, c.vocab_size));
+      }
+    }
+    n_tokens += static_cast<int64_t>(s.tokens.size());
+  }
+  if (n_tokens > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d tokens in one step", n_tokens));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::Forward(absl::Span<const ForwardSeq> seqs,
+                                      std::vector<float>* logits) {
+  RETURN_IF_ERROR(ValidateBatch(seqs));
+  const ModelConfig& c = config_;
+  const int bs = options_.block_size;
+  const int n_seqs = static_cast<int>(seqs.size());
+  if (n_seqs == 0) {
+    logits->clear();
+    return absl::OkStatus();
+  }
+  RUNNER_CUDA_OK(cudaSetDevice(options_.device));
+
+  // Internal order: one-token sequences first (their rows feed the decode kernel as one dense
+  // batch), then the rest in the caller's order. Logits come back in the caller's order.
+  order_.clear();
+  for (int i = 0; i < n_seqs; ++i) {
+    if (use_decode_kernel_ && seqs[i].tokens.size() == 1) order_.push_back(i);
+  }
+  const int n_dec = static_cast<int>(order_.size());
+  for (int i = 0; i < n_seqs; ++i) {
+    if (!(use_decode_kernel_ && seqs[i].tokens.size() == 1)) order_.push_back(i);
+  }
+  const int n_pre = n_seqs - n_dec;
+
+  int64_t n_tokens = 0;
+  int n_logits = 0;
+  int max_blocks = 1;
+  int max_dec_len = 0;
+  int max_pre_q = 0;
+  for (int j = 0; j < n_seqs; ++j) {
+    const ForwardSeq& s = seqs[order_[j]];
+    const int n = static_cast<int>(s.tokens.size());
+    const int end = s.start_pos + n;
+    n_tokens += n;
+    n_logits += s.compute_logits ? 1 : 0;
+    max_blocks = std::max(max_blocks, (end + bs - 1) / bs);
+    if (j < n_dec) {
+      max_dec_len = std::max(max_dec_len, end);
+    } else {
+      max_pre_q = std::max(max_pre_q, n);
+    }
+  }
+
+  // Metadata layout (16-byte aligned sections) and staging.
+  {
+    size_t off = 0;
+    auto take = [&off](size_t bytes) {
+      const size_t at = off;
+      off = AlignUp(off + bytes, 16);
+      return at;
+    };
+    meta_.ids = take(n_tokens * 4);
+    meta_.positions = take(n_tokens * 4);
+    meta_.slots = take(n_tokens * 8);
+    meta_.logit_rows = take(static_cast<size_t>(n_logits) * 4);
+    meta_.block_tables = take(static_cast<size_t>(n_seqs) * max_blocks * 4);
+    meta_.dec_seq_lens = take(static_cast<size_t>(n_dec) * 4);
+    meta_.pre_cu_q = take(static_cast<size_t>(n_pre + 1) * 4);
+    meta_.pre_start = take(static_cast<size_t>(n_pre) * 4);
+    meta_.total = off;
+  }
+  RETURN_IF_ERROR(ReservePinned(&meta_host_, &meta_host_capacity_, meta_.total));
+  RETURN_IF_ERROR(ReserveDevice(&meta_dev_, &meta_dev_capacity_, meta_.total));
+  char* hb = static_cast<char*>(meta_host_);
+  auto* ids = reinterpret_cast<int32_t*>(hb + meta_.ids);
+  auto* positions = reinterpret_cast<int32_t*>(hb + meta_.positions);
+  auto* slots = reinterpret_cast<int64_t*>(hb + meta_.slots);
+  auto* logit_rows = reinterpret_cast<int32_t*>(hb + meta_.logit_rows);
+  auto* block_tables = reinterpret_cast<int32_t*>(hb + meta_.block_tables);
+  auto* dec_seq_lens = reinterpret_cast<int32_t*>(hb + meta_.dec_seq_lens);
+  auto* pre_cu_q = reinterpret_cast<int32_t*>(hb + meta_.pre_cu_q);
+  auto* pre_start = reinterpret_cast<int32_t*>(hb + meta_.pre_start);
+
+  last_row_.assign(n_seqs, 0);
+  int64_t t = 0;
+  pre_cu_q[0] = 0;
+  for (int j = 0; j < n_seqs; ++j) {
+    const ForwardSeq& s = seqs[order_[j]];
+    const int n = static_cast<int>(s.tokens.size());
+    const int end = s.start_pos + n;
+    for (int k = 0; k < n; ++k, ++t) {
+      const int32_t pos = s.start_pos + k;
+      ids[t] = s.tokens[k];
+      positions[t] = pos;
+      slots[t] = static_cast<int64_t>(s.block_table[pos / bs]) * bs + pos % bs;
+    }
+    last_row_[order_[j]] = t - 1;
+    const int used = (end + bs - 1) / bs;
+    int32_t* table = block_tables + static_cast<int64_t>(j) * max_blocks;
+    std::copy_n(s.block_table.data(), used, table);
+    std::fill(table + used, table + max_blocks, 0);  // never read: past the sequence
+    if (j < n_dec) {
+      dec_seq_lens[j] = end;
+    } else {
+      const int p = j - n_dec;
+      pre_cu_q[p + 1] = pre_cu_q[p] + n;
+      pre_start[p] = s.start_pos;
+    }
+  }
+  int r = 0;
+  for (int i = 0; i < n_seqs; ++i) {
+    if (seqs[i].compute_logits) logit_rows[r++] = static_cast<int32_t>(last_row_[i]);
+  }
+
+  size_t dec_ws_bytes = 0;
+  if (n_dec > 0) {
+    cuda::DecodeAttentionArgs a;
+    a.batch = n_dec;
+    a.max_seq_len = max_dec_len;
+    a.n_heads = c.n_heads;
+    dec_ws_bytes = cuda::DecodeAttentionWorkspaceBytes(a, layers_[0].kv);
+  }
+  {
+    size_t off = 0;
+    auto take = [&off](size_t bytes) {
+      const size_t at = off;
+      off = AlignUp(off + bytes, kDeviceAlign);
+      return at;
+    };
+    const size_t T = static_cast<size_t>(n_tokens);
+    ScratchLayout& s = scratch_layout_;
+    s.x = take(T * c.hidden * 4);
+    s.h = take(T * c.hidden * 2);
+    s.qkv = take(T * qkv_dim_ * 2);
+    s.q_dec = take(static_cast<size_t>(n_dec) * q_dim_ * 2);
+    s.attn = take(T * q_dim_ * 2);
+    s.gu = take(T * 2 * c.ffn_dim * 2);
+    s.act = take(T * c.ffn_dim * 2);
+    s.last = take(static_cast<size_t>(n_logits) * c.hidden * 2);
+    s.logits = take(static_cast<size_t>(n_logits) * c.vocab_size * 4);
+    s.dec_ws = take(dec_ws_bytes);
+    s.total = off;
+  }
+  RETURN_IF_ERROR(ReserveDevice(&scratch_, &scratch_capacity_, scratch_layout_.total));
+  RETURN_IF_ERROR(ReservePinned(&logits_host_, &logits_host_capacity_,
+                                static_cast<size_t>(n_logits) * c.vocab_size * 4));
+
+  const absl::Status enqueued =
+      Enqueue(n_tokens, n_logits, n_dec, n_pre, max_blocks, max_dec_len, max_pre_q, dec_ws_bytes);
+  // Always drain the stream: the staging buffers are rewritten by the next step.
+  const cudaError_t synced = cudaStreamSynchronize(stream_);
+  RETURN_IF_ERROR(enqueued);
+  if (synced != cudaSuccess) return CudaError(synced, "forward pass (cudaStreamSynchronize)");
+  const size_t n_out = static_cast<size_t>(n_logits) * c.vocab_size;
+  logits->resize(n_out);
+  if (n_out > 0) std::memcpy(logits->data(), logits_host_, n_out * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec, int n_pre,
+                                      int max_blocks, int max_dec_len, int max_pre_q,
+                                      size_t dec_ws_bytes) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden;
+  const int64_t ffn = c.ffn_dim;
+  const float eps = c.rms_norm_eps;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const cuda::RopeLayout rope = ToCudaRope(c.rope_layout);
+  cudaStream_t st = stream_;
+
+  char* md = static_cast<char*>(meta_dev_);
+  const auto* d_ids = reinterpret_cast<const int32_t*>(md + meta_.ids);
+  const auto* d_positions = reinterpret_cast<const int32_t*>(md + meta_.positions);
+  const auto* d_slots = reinterpret_cast<const int64_t*>(md + meta_.slots);
+  const auto* d_logit_rows = reinterpret_cast<const int32_t*>(md + meta_.logit_rows);
+  const auto* d_block_tables = reinterpret_cast<const int32_t*>(md + meta_.block_tables);
+  const auto* d_dec_seq_lens = reinterpret_cast<const int32_t*>(md + meta_.dec_seq_lens);
+  const auto* d_pre_cu_q = reinterpret_cast<const int32_t*>(md + meta_.pre_cu_q);
+  const auto* d_pre_start = reinterpret_cast<const int32_t*>(md + meta_.pre_start);
+
+  char* sd = static_cast<char*>(scratch_);
+  const ScratchLayout& sl = scratch_layout_;
+  auto* x = reinterpret_cast<float*>(sd + sl.x);
+  auto* h = reinterpret_cast<bf16*>(sd + sl.h);
+  auto* qkv = reinterpret_cast<bf16*>(sd + sl.qkv);
+  auto* q_dec = reinterpret_cast<bf16*>(sd + sl.q_dec);
+  auto* attn = reinterpret_cast<bf16*>(sd + sl.attn);
+  auto* gu = reinterpret_cast<bf16*>(sd + sl.gu);
+  auto* act = reinterpret_cast<bf16*>(sd + sl.act);
+  auto* last = reinterpret_cast<bf16*>(sd + sl.last);
+  auto* d_logits = reinterpret_cast<float*>(sd + sl.logits);
+  void* dec_ws = dec_ws_bytes > 0 ? sd + sl.dec_ws : nullptr;
+
+  RUNNER_CUDA_OK(cudaMemcpyAsync(meta_dev_, meta_host_, meta_.total, cudaMemcpyHostToDevice, st));
+  RETURN_IF_ERROR(
+      cuda::EmbeddingGatherF32(token_embd_, d_ids, n_tokens, c.vocab_size, hidden, x, st));
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerDevice& L = layers_[l];
+    // Attention block: x += Wo · attention(rope(Wqkv · norm(x))).
+    RETURN_IF_ERROR(cuda::RmsNormF32ToBf16(x, nullptr, n_tokens, hidden, L.attn_norm, eps, h, st));
+    RETURN_IF_ERROR(
+        gemm_->Linear(h, L.w_qkv, n_tokens, hidden, qkv_dim_, qkv, cuda::GemmOut::kBf16, st));
+    // Q and K heads are adjacent in a qkv row: one launch rotates both.
+    RETURN_IF_ERROR(cuda::Rope(qkv, d_positions, n_tokens, c.n_heads + c.n_kv_heads, c.head_dim,
+                               qkv_dim_, c.rope_theta, rope, st));
+    RETURN_IF_ERROR(cuda::WritePagedKv(qkv + q_dim_, qkv + q_dim_ + kv_dim_, d_slots, n_tokens,
+                                       qkv_dim_, L.kv, st));
+    if (n_dec > 0) {
+      // The decode kernel reads dense queries: gather the Q part of the first n_dec rows.
+      RUNNER_CUDA_OK(cudaMemcpy2DAsync(q_dec, q_dim_ * sizeof(bf16), qkv, qkv_dim_ * sizeof(bf16),
+                                       q_dim_ * sizeof(bf16), n_dec, cudaMemcpyDeviceToDevice, st));
+      cuda::DecodeAttentionArgs a;
+      a.q = q_dec;
+      a.out = attn;
+      a.seq_lens = d_dec_seq_lens;
+      a.block_tables = d_block_tables;
+      a.max_blocks_per_seq = max_blocks;
+      a.batch = n_dec;
+      a.max_seq_len = max_dec_len;
+      a.n_heads = c.n_heads;
+      a.scale = scale;
+      a.workspace = dec_ws;
+      a.workspace_bytes = dec_ws_bytes;
+      RETURN_IF_ERROR(cuda::DecodeAttention(a, L.kv, st));
+    }
+    if (n_pre > 0) {
+      cuda::PrefillAttentionArgs p;
+      p.q = qkv + n_dec * qkv_dim_;
+      p.out = attn + n_dec * q_dim_;
+      p.q_stride = qkv_dim_;
+      p.out_stride = 0;
+      p.cu_seqlens_q = d_pre_cu_q;
+      p.n_seqs = n_pre;
+      p.max_seqlen_q = max_pre_q;
+      p.n_heads = c.n_heads;
+      p.n_kv_heads = c.n_kv_heads;
+      p.head_dim = c.head_dim;
+      p.scale = scale;
+      p.cache = &L.kv;
+      p.block_tables = d_block_tables + static_cast<int64_t>(n_dec) * max_blocks;
+      p.max_blocks_per_seq = max_blocks;
+      p.start_pos = d_pre_start;
+      RETURN_IF_ERROR(cuda::PrefillAttention(p, st));
+    }
+    RETURN_IF_ERROR(gemm_->Linear(attn, L.w_o, n_tokens, q_dim_, hidden, x, cuda::GemmOut::kF32, st,
+                                  /*beta=*/1.0f));
+
+    // SwiGLU MLP: x += Wdown · (silu(Wgate · norm(x)) * (Wup · norm(x))).
+    RETURN_IF_ERROR(cuda::RmsNormF32ToBf16(x, nullptr, n_tokens, hidden, L.ffn_norm, eps, h, st));
+    RETURN_IF_ERROR(
+        gemm_->Linear(h, L.w_gate_up, n_tokens, hidden, 2 * ffn, gu, cuda::GemmOut::kBf16, st));
+    RETURN_IF_ERROR(cuda::SwiGlu(gu, gu + ffn, n_tokens, ffn, 2 * ffn, act, st));
+    RETURN_IF_ERROR(gemm_->Linear(act, L.w_down, n_tokens, ffn, hidden, x, cuda::GemmOut::kF32, st,
+                                  /*beta=*/1.0f));
+  }
+
+  if (n_logits > 0) {
+    RETURN_IF_ERROR(
+        cuda::RmsNormF32ToBf16(x, d_logit_rows, n_logits, hidden, output_norm_, eps, last, st));
+    RETURN_IF_ERROR(gemm_->Linear(last, lm_head_, n_logits, hidden, c.vocab_size, d_logits,
+                                  cuda::GemmOut::kF32, st));
+    RUNNER_CUDA_OK(cudaMemcpyAsync(logits_host_, d_logits,
+                                   static_cast<size_t>(n_logits) * c.vocab_size * sizeof(float),
+                                   cudaMemcpyDeviceToHost, st));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaModelRunner(
+    const ModelWeights& weights, const CudaModelRunnerOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaModelRunner> runner,
+                   CudaModelRunner::Create(weights, options));
+  return std::unique_ptr<ModelRunner>(std::move(runner));
+}
+
+}  // namespace tandem

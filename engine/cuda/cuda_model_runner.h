@@ -1,0 +1,152 @@
+// The Llama forward pass on one CUDA device: the same model as engine/cpu_model_runner.h
+// with bf16 weights, activations and paged KV cache, an fp32 residual stream and fp32 logits.
+//
+// Weights (any GGML type) are dequantized on the host at construction and uploaded as bf16
+// into one device arena; Q|K|V and gate|up are concatenated so each is one GEMM. Each
+// Forward stages its metadata in one pinned buffer (one host-to-device copy), enqueues the
+// whole pass on the runner's stream and synchronizes once, after the logits copy.
+#ifndef TANDEM_ENGINE_CUDA_CUDA_MODEL_RUNNER_H_
+#define TANDEM_ENGINE_CUDA_CUDA_MODEL_RUNNER_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/model_config.h"
+#include "engine/model_runner.h"
+#include "engine/model_weights.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace tandem {
+
+struct CudaModelRunnerOptions {
+  int device = 0;
+  int64_t num_kv_blocks = 1024;
+  int block_size = 16;
+  // One-token sequences go to the flash-decoding kernel; false sends every sequence to the
+  // prefill kernel (which handles one query too): a cross-check for tests.
+  bool decode_kernel = true;
+};
+
+// Not thread-safe: one thread (the engine thread) calls Forward; it may differ from the
+// constructing thread (Forward selects the device itself).
+class CudaModelRunner : public ModelRunner {
+ public:
+  // Uploads the weights; `weights` may be freed afterwards. FAILED_PRECONDITION for a model
+  // the kernels cannot run (head_dim other than 64/128, odd dims), INTERNAL for CUDA/cuBLAS
+  // failures (out of memory included).
+  static absl::StatusOr<std::unique_ptr<CudaModelRunner>> Create(
+      const ModelWeights& weights, const CudaModelRunnerOptions& options);
+  ~CudaModelRunner() override;
+  CudaModelRunner(const CudaModelRunner&) = delete;
+  CudaModelRunner& operator=(const CudaModelRunner&) = delete;
+
+  const ModelConfig& config() const override { return config_; }
+  int64_t num_kv_blocks() const override { return options_.num_kv_blocks; }
+  int block_size() const override { return options_.block_size; }
+  // Device bytes of the bf16 KV cache (K and V, every layer) and of the weights.
+  int64_t kv_cache_bytes() const { return kv_bytes_; }
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) override;
+
+ private:
+  using bf16 = cuda::bf16;
+
+  struct LayerDevice {
+    const float* attn_norm = nullptr;  // [hidden]
+    const bf16* w_qkv = nullptr;       // [q_dim + 2 * kv_dim, hidden]: Q rows, K rows, V rows
+    const bf16* w_o = nullptr;         // [hidden, q_dim]
+    const float* ffn_norm = nullptr;   // [hidden]
+    const bf16* w_gate_up = nullptr;   // [2 * ffn, hidden]: gate rows, then up rows
+    const bf16* w_down = nullptr;      // [hidden, ffn]
+    cuda::PagedKvCache kv;             // this layer's K and V
+  };
+
+  // One step's metadata as laid out in the staging buffers (byte offsets).
+  struct MetaLayout {
+    size_t ids = 0;           // int32 [T]
+    size_t positions = 0;     // int32 [T]
+    size_t slots = 0;         // int64 [T]
+    size_t logit_rows = 0;    // int32 [n_logits]: token row of each logits row
+    size_t block_tables = 0;  // int32 [n_seqs, max_blocks]: decode rows first
+    size_t dec_seq_lens = 0;  // int32 [n_dec]
+    size_t pre_cu_q = 0;      // int32 [n_pre + 1]
+    size_t pre_start = 0;     // int32 [n_pre]
+    size_t total = 0;
+  };
+
+  // Step activations carved from one device arena (byte offsets).
+  struct ScratchLayout {
+    size_t x = 0;       // fp32 [T, hidden] residual stream
+    size_t h = 0;       // bf16 [T, hidden] normed input
+    size_t qkv = 0;     // bf16 [T, q_dim + 2 * kv_dim]
+    size_t q_dec = 0;   // bf16 [n_dec, q_dim] dense queries for the decode kernel
+    size_t attn = 0;    // bf16 [T, q_dim]
+    size_t gu = 0;      // bf16 [T, 2 * ffn]
+    size_t act = 0;     // bf16 [T, ffn]
+    size_t last = 0;    // bf16 [n_logits, hidden]
+    size_t logits = 0;  // fp32 [n_logits, vocab]
+    size_t dec_ws = 0;  // decode attention workspace
+    size_t total = 0;
+  };
+
+  CudaModelRunner(const ModelConfig& config, const CudaModelRunnerOptions& options);
+  absl::Status Init(const ModelWeights& weights);
+  absl::Status ValidateBatch(absl::Span<const ForwardSeq> seqs) const;
+  // Grows a device or pinned buffer to at least `bytes` (contents are not kept).
+  absl::Status ReserveDevice(void** ptr, size_t* capacity, size_t bytes);
+  absl::Status ReservePinned(void** ptr, size_t* capacity, size_t bytes);
+  // Enqueues the step; Forward synchronizes whatever the outcome.
+  absl::Status Enqueue(int64_t n_tokens, int n_logits, int n_dec, int n_pre, int max_blocks,
+                       int max_dec_len, int max_pre_q, size_t dec_ws_bytes);
+
+  ModelConfig config_;
+  CudaModelRunnerOptions options_;
+  int64_t q_dim_ = 0;
+  int64_t kv_dim_ = 0;
+  int64_t qkv_dim_ = 0;
+  bool use_decode_kernel_ = true;  // option, and the kernel's n_heads / n_kv_heads <= 8
+
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::CublasGemm> gemm_;
+
+  void* weight_arena_ = nullptr;  // device: every weight and norm vector
+  int64_t weight_bytes_ = 0;
+  void* kv_arena_ = nullptr;  // device: [n_layers][K, V][num_blocks, block_size, n_kv, hd]
+  int64_t kv_bytes_ = 0;
+  const bf16* token_embd_ = nullptr;    // [vocab, hidden]
+  const bf16* lm_head_ = nullptr;       // [vocab, hidden]; token_embd_ when tied
+  const float* output_norm_ = nullptr;  // [hidden]
+  std::vector<LayerDevice> layers_;
+
+  // Grown to the largest step seen.
+  void* scratch_ = nullptr;  // device, ScratchLayout
+  size_t scratch_capacity_ = 0;
+  void* meta_dev_ = nullptr;  // device copy of the staged metadata
+  size_t meta_dev_capacity_ = 0;
+  void* meta_host_ = nullptr;  // pinned, MetaLayout
+  size_t meta_host_capacity_ = 0;
+  void* logits_host_ = nullptr;  // pinned fp32 [n_logits, vocab]
+  size_t logits_host_capacity_ = 0;
+  MetaLayout meta_;
+  ScratchLayout scratch_layout_;
+
+  // Host-side step bookkeeping.
+  std::vector<int> order_;         // internal sequence order: 1-token (decode) ones first
+  std::vector<int64_t> last_row_;  // [n_seqs] internal token row of each sequence's last token
+};
+
+// The factory the engine uses for `device = "cuda"`.
+absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaModelRunner(
+    const ModelWeights& weights, const CudaModelRunnerOptions& options);
+
+}  // namespace tandem
+
+#endif  // TANDEM_ENGINE_CUDA_CUDA_MODEL_RUNNER_H_
