@@ -16,21 +16,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "common/strings.h"
 
 namespace tandem {
 namespace {
-
-// abseil here predates absl::string_view == std::string_view; StrCat takes std::string_view
-// through this.
-inline absl::string_view Fix(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-template <typename T>
-const T& Fix(const T& v) {
-  return v;
-}
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  return absl::StrCat(Fix(args)...);
-}
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian uint32
 constexpr uint64_t kDefaultAlignment = 32;

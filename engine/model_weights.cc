@@ -11,20 +11,10 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/quant.h"
+#include "common/strings.h"
 
 namespace tandem {
 namespace {
-
-// abseil here predates absl::string_view == std::string_view.
-inline absl::string_view Fix(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-template <typename T>
-const T& Fix(const T& v) {
-  return v;
-}
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  return absl::StrCat(Fix(args)...);
-}
 
 std::string DimsString(const std::vector<int64_t>& dims) {
   std::string s = "[";
