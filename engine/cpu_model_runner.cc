@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/quant.h"
 
@@ -63,30 +65,10 @@ absl::Status CpuModelRunner::Forward(absl::Span<const ForwardSeq> seqs,
   const int bs = options_.block_size;
 
   // Validate the batch before touching the cache.
+  RETURN_IF_ERROR(ValidateForwardBatch(c, seqs, bs, options_.num_kv_blocks));
   int64_t n_tokens = 0;
   int64_t n_logits = 0;
   for (const ForwardSeq& s : seqs) {
-    if (s.tokens.empty()) return absl::InvalidArgumentError("a sequence feeds no tokens");
-    const int64_t end = s.start_pos + static_cast<int64_t>(s.tokens.size());
-    if (s.start_pos < 0 || end > c.context_length) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "positions [%d, %d) outside the context of %d", s.start_pos, end, c.context_length));
-    }
-    if (static_cast<int64_t>(s.block_table.size()) * bs < end) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "block table of %d blocks cannot hold %d tokens", s.block_table.size(), end));
-    }
-    for (int32_t b : s.block_table) {
-      if (b < 0 || b >= options_.num_kv_blocks) {
-        return absl::InvalidArgumentError(absl::StrFormat("block id %d out of range", b));
-      }
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("token id %d outside the vocabulary of %d", t, c.vocab_size));
-      }
-    }
     n_tokens += static_cast<int64_t>(s.tokens.size());
     n_logits += s.compute_logits ? 1 : 0;
   }
@@ -174,6 +156,46 @@ void CpuModelRunner::Layer(int layer, int64_t n_tokens) {
   SiluMul(gate_.data(), up_.data(), n_tokens * c.ffn_dim, gate_.data());
   MatMul(w.w_down, gate_.data(), n_tokens, h_.data());
   AddInPlace(x_.data(), h_.data(), n_tokens * hidden);
+}
+
+int64_t CpuModelRunner::KvBlockBytes() const {
+  const ModelConfig& c = weights_.config();
+  const int64_t elem_bytes = options_.kv_dtype == KvDtype::kF16 ? 2 : 4;
+  return static_cast<int64_t>(options_.block_size) * c.n_kv_heads * c.head_dim * elem_bytes;
+}
+
+int64_t CpuModelRunner::KvLayerBytes(int64_t num_blocks) const {
+  return 2 * num_blocks * KvBlockBytes();
+}
+
+absl::Status CpuModelRunner::ReadKvLayer(int layer, absl::Span<const int32_t> blocks,
+                                         void* dst) {
+  RETURN_IF_ERROR(
+      ValidateKvAccess(weights_.config(), layer, blocks, options_.num_kv_blocks));
+  const int64_t block_bytes = KvBlockBytes();
+  uint8_t* out = static_cast<uint8_t*>(dst);
+  for (const std::vector<uint8_t>* cache : {&k_cache_[layer], &v_cache_[layer]}) {
+    for (int32_t b : blocks) {
+      std::memcpy(out, cache->data() + b * block_bytes, block_bytes);
+      out += block_bytes;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuModelRunner::WriteKvLayer(int layer, absl::Span<const int32_t> blocks,
+                                          const void* src) {
+  RETURN_IF_ERROR(
+      ValidateKvAccess(weights_.config(), layer, blocks, options_.num_kv_blocks));
+  const int64_t block_bytes = KvBlockBytes();
+  const uint8_t* in = static_cast<const uint8_t*>(src);
+  for (std::vector<uint8_t>* cache : {&k_cache_[layer], &v_cache_[layer]}) {
+    for (int32_t b : blocks) {
+      std::memcpy(cache->data() + b * block_bytes, in, block_bytes);
+      in += block_bytes;
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tandem

@@ -38,9 +38,16 @@ class CpuModelRunner : public ModelRunner {
 
   absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) override;
 
+  bool kv_on_device() const override { return false; }
+  int64_t KvLayerBytes(int64_t num_blocks) const override;
+  absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) override;
+  absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks,
+                            const void* src) override;
+
  private:
   void MatMul(const WeightView& w, const float* x, int64_t n, float* y);
   void Layer(int layer, int64_t n_tokens);
+  int64_t KvBlockBytes() const;  // one block of K (or of V) in one layer
 
   const ModelWeights& weights_;
   CpuModelRunnerOptions options_;

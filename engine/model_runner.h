@@ -34,7 +34,27 @@ class ModelRunner {
   // Runs the batch and writes the logits of every sequence with compute_logits, in order, to
   // `logits` ([n_logits, vocab_size]). Writes the fed tokens' KV into the cache.
   virtual absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) = 0;
+
+  // KV access for moving a sequence's cache between workers, one layer at a time. A packed
+  // layer holds K of `blocks`, then V of `blocks`, each [blocks.size(), block_size,
+  // n_kv_heads, head_dim] in the runner's KV dtype: KvLayerBytes(blocks.size()) bytes.
+  // Buffers live where the runner computes (host memory for the CPU runner, device memory
+  // for the CUDA runner); `kv_on_device()` tells which.
+  virtual bool kv_on_device() const = 0;
+  virtual int64_t KvLayerBytes(int64_t num_blocks) const = 0;
+  virtual absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) = 0;
+  virtual absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks,
+                                    const void* src) = 0;
 };
+
+// Checks shared by every runner, so each backend refuses a bad batch the same way
+// (INVALID_ARGUMENT naming the value): non-empty sequences inside the context, block tables
+// that cover them with ids in [0, num_kv_blocks), token ids inside the vocabulary.
+absl::Status ValidateForwardBatch(const ModelConfig& config, absl::Span<const ForwardSeq> seqs,
+                                  int block_size, int64_t num_kv_blocks);
+// A layer index and block ids for ReadKvLayer / WriteKvLayer.
+absl::Status ValidateKvAccess(const ModelConfig& config, int layer,
+                              absl::Span<const int32_t> blocks, int64_t num_kv_blocks);
 
 }  // namespace tandem
 

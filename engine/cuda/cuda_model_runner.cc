@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +31,13 @@ absl::Status CudaError(cudaError_t err, const char* what) {
 // Device sub-buffers start on 256-byte boundaries (cuBLAS and 16-byte vector loads).
 constexpr size_t kDeviceAlign = 256;
 size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// The runner's own weight arena is written once at construction through the read-only
+// pointers the forward pass uses.
+template <typename T>
+void* Mutable(const T* p) {
+  return const_cast<T*>(p);
+}
 
 cuda::RopeLayout ToCudaRope(RopeLayout layout) {
   return layout == RopeLayout::kAdjacentPairs ? cuda::RopeLayout::kAdjacentPairs
@@ -81,9 +89,8 @@ CudaModelRunner::CudaModelRunner(const ModelConfig& config, const CudaModelRunne
   use_decode_kernel_ = options_.decode_kernel && config_.n_heads / config_.n_kv_heads <= 8;
 }
 
-absl::StatusOr<std::unique_ptr<CudaModelRunner>> CudaModelRunner::Create(
-    const ModelWeights& weights, const CudaModelRunnerOptions& options) {
-  const ModelConfig& c = weights.config();
+absl::Status CudaModelRunner::CheckSupported(const ModelConfig& c,
+                                             const CudaModelRunnerOptions& options) {
   RETURN_IF_ERROR(c.Validate());
   if (options.num_kv_blocks <= 0 || options.block_size <= 0) {
     return absl::InvalidArgumentError(absl::StrFormat("num_kv_blocks=%d block_size=%d",
@@ -99,15 +106,32 @@ absl::StatusOr<std::unique_ptr<CudaModelRunner>> CudaModelRunner::Create(
         absl::StrFormat("the CUDA runner needs hidden and ffn_dim multiples of 8 (got %d, %d)",
                         c.hidden, c.ffn_dim));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaModelRunner>> CudaModelRunner::Create(
+    const ModelWeights& weights, const CudaModelRunnerOptions& options) {
+  const ModelConfig& c = weights.config();
+  RETURN_IF_ERROR(CheckSupported(c, options));
   if (static_cast<int64_t>(weights.layers().size()) != c.n_layers) {
     return absl::FailedPreconditionError("layer count differs from the config");
   }
   std::unique_ptr<CudaModelRunner> runner(new CudaModelRunner(c, options));
-  RETURN_IF_ERROR(runner->Init(weights));
+  RETURN_IF_ERROR(runner->Allocate(weights.output().data == weights.token_embd().data));
+  RETURN_IF_ERROR(runner->Upload(weights));
   return runner;
 }
 
-absl::Status CudaModelRunner::Init(const ModelWeights& weights) {
+absl::StatusOr<std::unique_ptr<CudaModelRunner>> CudaModelRunner::CreateSynthetic(
+    const ModelConfig& config, const CudaModelRunnerOptions& options, uint64_t seed) {
+  RETURN_IF_ERROR(CheckSupported(config, options));
+  std::unique_ptr<CudaModelRunner> runner(new CudaModelRunner(config, options));
+  RETURN_IF_ERROR(runner->Allocate(config.tied_embeddings));
+  RETURN_IF_ERROR(runner->FillSynthetic(seed));
+  return runner;
+}
+
+absl::Status CudaModelRunner::Allocate(bool tied) {
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden;
   const int64_t vocab = c.vocab_size;
@@ -124,7 +148,6 @@ absl::Status CudaModelRunner::Init(const ModelWeights& weights) {
     return at;
   };
   const size_t embd_off = take(vocab * hidden * 2);
-  const bool tied = weights.output().data == weights.token_embd().data;
   const size_t head_off = tied ? embd_off : take(vocab * hidden * 2);
   const size_t out_norm_off = take(hidden * 4);
   struct LayerOffsets {
@@ -142,16 +165,6 @@ absl::Status CudaModelRunner::Init(const ModelWeights& weights) {
   weight_bytes_ = static_cast<int64_t>(off);
   RUNNER_CUDA_OK(cudaMalloc(&weight_arena_, off));
   char* base = static_cast<char*>(weight_arena_);
-
-  std::vector<uint16_t> host;
-  std::vector<float> row;
-  RETURN_IF_ERROR(UploadMatrix(weights.token_embd(), vocab, hidden, "token_embd", base + embd_off,
-                               &host, &row));
-  if (!tied) {
-    RETURN_IF_ERROR(
-        UploadMatrix(weights.output(), vocab, hidden, "output", base + head_off, &host, &row));
-  }
-  RETURN_IF_ERROR(UploadVector(weights.output_norm(), hidden, "output_norm", base + out_norm_off));
   token_embd_ = reinterpret_cast<const bf16*>(base + embd_off);
   lm_head_ = reinterpret_cast<const bf16*>(base + head_off);
   output_norm_ = reinterpret_cast<const float*>(base + out_norm_off);
@@ -165,21 +178,7 @@ absl::Status CudaModelRunner::Init(const ModelWeights& weights) {
 
   layers_.resize(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& w = weights.layer(l);
     const LayerOffsets& o = lo[l];
-    RETURN_IF_ERROR(UploadVector(w.attn_norm, hidden, "attn_norm", base + o.attn_norm));
-    RETURN_IF_ERROR(UploadMatrix(w.wq, q_dim_, hidden, "attn_q", base + o.qkv, &host, &row));
-    RETURN_IF_ERROR(UploadMatrix(w.wk, kv_dim_, hidden, "attn_k",
-                                 base + o.qkv + q_dim_ * hidden * 2, &host, &row));
-    RETURN_IF_ERROR(UploadMatrix(w.wv, kv_dim_, hidden, "attn_v",
-                                 base + o.qkv + (q_dim_ + kv_dim_) * hidden * 2, &host, &row));
-    RETURN_IF_ERROR(UploadMatrix(w.wo, hidden, q_dim_, "attn_output", base + o.o, &host, &row));
-    RETURN_IF_ERROR(UploadVector(w.ffn_norm, hidden, "ffn_norm", base + o.ffn_norm));
-    RETURN_IF_ERROR(UploadMatrix(w.w_gate, ffn, hidden, "ffn_gate", base + o.gu, &host, &row));
-    RETURN_IF_ERROR(
-        UploadMatrix(w.w_up, ffn, hidden, "ffn_up", base + o.gu + ffn * hidden * 2, &host, &row));
-    RETURN_IF_ERROR(UploadMatrix(w.w_down, hidden, ffn, "ffn_down", base + o.down, &host, &row));
-
     LayerDevice& d = layers_[l];
     d.attn_norm = reinterpret_cast<const float*>(base + o.attn_norm);
     d.w_qkv = reinterpret_cast<const bf16*>(base + o.qkv);
@@ -199,6 +198,101 @@ absl::Status CudaModelRunner::Init(const ModelWeights& weights) {
             << (weight_bytes_ >> 20) << " MiB bf16" << (tied ? " (tied LM head)" : "")
             << ", KV cache " << (kv_bytes_ >> 20) << " MiB (" << options_.num_kv_blocks
             << " blocks of " << options_.block_size << ")";
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::Upload(const ModelWeights& weights) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden;
+  const int64_t vocab = c.vocab_size;
+  const int64_t ffn = c.ffn_dim;
+  std::vector<uint16_t> host;
+  std::vector<float> row;
+  RETURN_IF_ERROR(UploadMatrix(weights.token_embd(), vocab, hidden, "token_embd",
+                               Mutable(token_embd_), &host, &row));
+  if (lm_head_ != token_embd_) {
+    RETURN_IF_ERROR(
+        UploadMatrix(weights.output(), vocab, hidden, "output", Mutable(lm_head_), &host, &row));
+  }
+  RETURN_IF_ERROR(
+      UploadVector(weights.output_norm(), hidden, "output_norm", Mutable(output_norm_)));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = weights.layer(l);
+    const LayerDevice& d = layers_[l];
+    char* qkv = static_cast<char*>(Mutable(d.w_qkv));
+    char* gu = static_cast<char*>(Mutable(d.w_gate_up));
+    RETURN_IF_ERROR(UploadVector(w.attn_norm, hidden, "attn_norm", Mutable(d.attn_norm)));
+    RETURN_IF_ERROR(UploadMatrix(w.wq, q_dim_, hidden, "attn_q", qkv, &host, &row));
+    RETURN_IF_ERROR(
+        UploadMatrix(w.wk, kv_dim_, hidden, "attn_k", qkv + q_dim_ * hidden * 2, &host, &row));
+    RETURN_IF_ERROR(UploadMatrix(w.wv, kv_dim_, hidden, "attn_v",
+                                 qkv + (q_dim_ + kv_dim_) * hidden * 2, &host, &row));
+    RETURN_IF_ERROR(UploadMatrix(w.wo, hidden, q_dim_, "attn_output", Mutable(d.w_o), &host, &row));
+    RETURN_IF_ERROR(UploadVector(w.ffn_norm, hidden, "ffn_norm", Mutable(d.ffn_norm)));
+    RETURN_IF_ERROR(UploadMatrix(w.w_gate, ffn, hidden, "ffn_gate", gu, &host, &row));
+    RETURN_IF_ERROR(
+        UploadMatrix(w.w_up, ffn, hidden, "ffn_up", gu + ffn * hidden * 2, &host, &row));
+    RETURN_IF_ERROR(
+        UploadMatrix(w.w_down, hidden, ffn, "ffn_down", Mutable(d.w_down), &host, &row));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::FillSynthetic(uint64_t seed) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden;
+  const int64_t ffn = c.ffn_dim;
+  // A pool of N(0, 0.02) bf16 values; each matrix is tiled with pieces of it taken at random
+  // 16-byte-aligned offsets (device-to-device copies at memory bandwidth).
+  constexpr int64_t kPoolElems = int64_t{8} << 20;   // 16 MiB
+  constexpr int64_t kPieceElems = int64_t{1} << 20;  // 2 MiB per copy
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<uint16_t> pool(static_cast<size_t>(kPoolElems));
+  for (uint16_t& v : pool) v = FloatToBf16(normal(rng));
+  void* pool_dev = nullptr;
+  RUNNER_CUDA_OK(cudaMalloc(&pool_dev, pool.size() * sizeof(uint16_t)));
+  const absl::Status filled = [&]() -> absl::Status {
+    RUNNER_CUDA_OK(
+        cudaMemcpy(pool_dev, pool.data(), pool.size() * sizeof(uint16_t), cudaMemcpyHostToDevice));
+    const auto* pool_base = static_cast<const uint16_t*>(pool_dev);
+    std::uniform_int_distribution<int64_t> piece_at(0, (kPoolElems - kPieceElems) / 8);
+    auto fill = [&](const bf16* dst, int64_t elems) -> absl::Status {
+      auto* out = static_cast<uint16_t*>(Mutable(dst));
+      for (int64_t i = 0; i < elems; i += kPieceElems) {
+        const int64_t n = std::min(kPieceElems, elems - i);
+        RUNNER_CUDA_OK(cudaMemcpyAsync(out + i, pool_base + 8 * piece_at(rng), n * 2,
+                                       cudaMemcpyDeviceToDevice, stream_));
+      }
+      return absl::OkStatus();
+    };
+    std::vector<float> norm(static_cast<size_t>(hidden));
+    auto fill_norm = [&](const float* dst) -> absl::Status {
+      for (float& v : norm) v = 1.0f + normal(rng);
+      // Synchronous: `norm` is rewritten for the next vector.
+      RUNNER_CUDA_OK(cudaMemcpy(Mutable(dst), norm.data(), norm.size() * sizeof(float),
+                                cudaMemcpyHostToDevice));
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(fill(token_embd_, c.vocab_size * hidden));
+    if (lm_head_ != token_embd_) RETURN_IF_ERROR(fill(lm_head_, c.vocab_size * hidden));
+    RETURN_IF_ERROR(fill_norm(output_norm_));
+    for (const LayerDevice& d : layers_) {
+      RETURN_IF_ERROR(fill_norm(d.attn_norm));
+      RETURN_IF_ERROR(fill(d.w_qkv, qkv_dim_ * hidden));
+      RETURN_IF_ERROR(fill(d.w_o, hidden * q_dim_));
+      RETURN_IF_ERROR(fill_norm(d.ffn_norm));
+      RETURN_IF_ERROR(fill(d.w_gate_up, 2 * ffn * hidden));
+      RETURN_IF_ERROR(fill(d.w_down, hidden * ffn));
+    }
+    return absl::OkStatus();
+  }();
+  const cudaError_t synced = cudaStreamSynchronize(stream_);
+  const cudaError_t freed = cudaFree(pool_dev);
+  RETURN_IF_ERROR(filled);
+  if (synced != cudaSuccess) return CudaError(synced, "synthetic weights (cudaStreamSynchronize)");
+  if (freed != cudaSuccess) return CudaError(freed, "cudaFree(pool)");
+  LOG(INFO) << "CudaModelRunner: synthetic weights for " << c.name << " (seed " << seed << ")";
   return absl::OkStatus();
 }
 
@@ -257,31 +351,9 @@ absl::Status CudaModelRunner::ValidateBatch(absl::Span<const ForwardSeq> seqs) c
     return absl::InvalidArgumentError(
         absl::StrFormat("%d sequences in one step; at most 65535", seqs.size()));
   }
+  RETURN_IF_ERROR(ValidateForwardBatch(c, seqs, bs, options_.num_kv_blocks));
   int64_t n_tokens = 0;
-  for (const ForwardSeq& s : seqs) {
-    if (s.tokens.empty()) return absl::InvalidArgumentError("a sequence feeds no tokens");
-    const int64_t end = s.start_pos + static_cast<int64_t>(s.tokens.size());
-    if (s.start_pos < 0 || end > c.context_length) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "positions [%d, %d) outside the context of %d", s.start_pos, end, c.context_length));
-    }
-    if (static_cast<int64_t>(s.block_table.size()) * bs < end) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "block table of %d blocks cannot hold %d tokens", s.block_table.size(), end));
-    }
-    for (int32_t b : s.block_table) {
-      if (b < 0 || b >= options_.num_kv_blocks) {
-        return absl::InvalidArgumentError(absl::StrFormat("block id %d out of range", b));
-      }
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("token id %d outside the vocabulary of %d", t, c.vocab_size));
-      }
-    }
-    n_tokens += static_cast<int64_t>(s.tokens.size());
-  }
+  for (const ForwardSeq& s : seqs) n_tokens += static_cast<int64_t>(s.tokens.size());
   if (n_tokens > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(absl::StrFormat("%d tokens in one step", n_tokens));
   }
@@ -290,14 +362,27 @@ absl::Status CudaModelRunner::ValidateBatch(absl::Span<const ForwardSeq> seqs) c
 
 absl::Status CudaModelRunner::Forward(absl::Span<const ForwardSeq> seqs,
                                       std::vector<float>* logits) {
+  ASSIGN_OR_RETURN(const int n_logits, Run(seqs, /*greedy=*/false));
+  const size_t n_out = static_cast<size_t>(n_logits) * config_.vocab_size;
+  logits->resize(n_out);
+  if (n_out > 0) std::memcpy(logits->data(), logits_host_, n_out * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::ForwardGreedy(absl::Span<const ForwardSeq> seqs,
+                                            std::vector<int32_t>* tokens) {
+  ASSIGN_OR_RETURN(const int n_logits, Run(seqs, /*greedy=*/true));
+  tokens->resize(static_cast<size_t>(n_logits));
+  if (n_logits > 0) std::memcpy(tokens->data(), logits_host_, n_logits * sizeof(int32_t));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> CudaModelRunner::Run(absl::Span<const ForwardSeq> seqs, bool greedy) {
   RETURN_IF_ERROR(ValidateBatch(seqs));
   const ModelConfig& c = config_;
   const int bs = options_.block_size;
   const int n_seqs = static_cast<int>(seqs.size());
-  if (n_seqs == 0) {
-    logits->clear();
-    return absl::OkStatus();
-  }
+  if (n_seqs == 0) return 0;
   RUNNER_CUDA_OK(cudaSetDevice(options_.device));
 
   // Internal order: one-token sequences first (their rows feed the decode kernel as one dense
@@ -418,28 +503,27 @@ absl::Status CudaModelRunner::Forward(absl::Span<const ForwardSeq> seqs,
     s.act = take(T * c.ffn_dim * 2);
     s.last = take(static_cast<size_t>(n_logits) * c.hidden * 2);
     s.logits = take(static_cast<size_t>(n_logits) * c.vocab_size * 4);
+    s.tokens = take(static_cast<size_t>(n_logits) * 4);
     s.dec_ws = take(dec_ws_bytes);
     s.total = off;
   }
   RETURN_IF_ERROR(ReserveDevice(&scratch_, &scratch_capacity_, scratch_layout_.total));
-  RETURN_IF_ERROR(ReservePinned(&logits_host_, &logits_host_capacity_,
-                                static_cast<size_t>(n_logits) * c.vocab_size * 4));
+  RETURN_IF_ERROR(ReservePinned(
+      &logits_host_, &logits_host_capacity_,
+      static_cast<size_t>(n_logits) * (greedy ? sizeof(int32_t) : c.vocab_size * sizeof(float))));
 
-  const absl::Status enqueued =
-      Enqueue(n_tokens, n_logits, n_dec, n_pre, max_blocks, max_dec_len, max_pre_q, dec_ws_bytes);
+  const absl::Status enqueued = Enqueue(n_tokens, n_logits, n_dec, n_pre, max_blocks, max_dec_len,
+                                        max_pre_q, dec_ws_bytes, greedy);
   // Always drain the stream: the staging buffers are rewritten by the next step.
   const cudaError_t synced = cudaStreamSynchronize(stream_);
   RETURN_IF_ERROR(enqueued);
   if (synced != cudaSuccess) return CudaError(synced, "forward pass (cudaStreamSynchronize)");
-  const size_t n_out = static_cast<size_t>(n_logits) * c.vocab_size;
-  logits->resize(n_out);
-  if (n_out > 0) std::memcpy(logits->data(), logits_host_, n_out * sizeof(float));
-  return absl::OkStatus();
+  return n_logits;
 }
 
 absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec, int n_pre,
                                       int max_blocks, int max_dec_len, int max_pre_q,
-                                      size_t dec_ws_bytes) {
+                                      size_t dec_ws_bytes, bool greedy) {
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden;
   const int64_t ffn = c.ffn_dim;
@@ -469,6 +553,7 @@ absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec,
   auto* act = reinterpret_cast<bf16*>(sd + sl.act);
   auto* last = reinterpret_cast<bf16*>(sd + sl.last);
   auto* d_logits = reinterpret_cast<float*>(sd + sl.logits);
+  auto* d_tokens = reinterpret_cast<int32_t*>(sd + sl.tokens);
   void* dec_ws = dec_ws_bytes > 0 ? sd + sl.dec_ws : nullptr;
 
   RUNNER_CUDA_OK(cudaMemcpyAsync(meta_dev_, meta_host_, meta_.total, cudaMemcpyHostToDevice, st));
@@ -540,10 +625,62 @@ absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec,
         cuda::RmsNormF32ToBf16(x, d_logit_rows, n_logits, hidden, output_norm_, eps, last, st));
     RETURN_IF_ERROR(gemm_->Linear(last, lm_head_, n_logits, hidden, c.vocab_size, d_logits,
                                   cuda::GemmOut::kF32, st));
-    RUNNER_CUDA_OK(cudaMemcpyAsync(logits_host_, d_logits,
-                                   static_cast<size_t>(n_logits) * c.vocab_size * sizeof(float),
-                                   cudaMemcpyDeviceToHost, st));
+    if (greedy) {
+      RETURN_IF_ERROR(cuda::ArgmaxRows(d_logits, n_logits, c.vocab_size, d_tokens, st));
+      RUNNER_CUDA_OK(cudaMemcpyAsync(logits_host_, d_tokens,
+                                     static_cast<size_t>(n_logits) * sizeof(int32_t),
+                                     cudaMemcpyDeviceToHost, st));
+    } else {
+      RUNNER_CUDA_OK(cudaMemcpyAsync(logits_host_, d_logits,
+                                     static_cast<size_t>(n_logits) * c.vocab_size * sizeof(float),
+                                     cudaMemcpyDeviceToHost, st));
+    }
   }
+  return absl::OkStatus();
+}
+
+int64_t CudaModelRunner::KvLayerBytes(int64_t num_blocks) const {
+  return 2 * num_blocks * options_.block_size * kv_dim_ * static_cast<int64_t>(sizeof(bf16));
+}
+
+absl::Status CudaModelRunner::ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) {
+  return CopyKvLayer(layer, blocks, dst, /*to_packed=*/true);
+}
+
+absl::Status CudaModelRunner::WriteKvLayer(int layer, absl::Span<const int32_t> blocks,
+                                           const void* src) {
+  return CopyKvLayer(layer, blocks, const_cast<void*>(src), /*to_packed=*/false);
+}
+
+absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> blocks, void* packed,
+                                          bool to_packed) {
+  RETURN_IF_ERROR(ValidateKvAccess(config_, layer, blocks, options_.num_kv_blocks));
+  if (blocks.empty()) return absl::OkStatus();
+  if (packed == nullptr) return absl::InvalidArgumentError("null KV buffer");
+  RUNNER_CUDA_OK(cudaSetDevice(options_.device));
+  const size_t block_bytes = static_cast<size_t>(options_.block_size) * kv_dim_ * sizeof(bf16);
+  const size_t half = blocks.size() * block_bytes;  // K of every block, then V
+  const cuda::PagedKvCache& kv = layers_[layer].kv;
+  const absl::Status enqueued = [&]() -> absl::Status {
+    for (int part = 0; part < 2; ++part) {
+      char* cache = reinterpret_cast<char*>(part == 0 ? kv.k : kv.v);
+      char* buf = static_cast<char*>(packed) + part * half;
+      // Runs of consecutive ids are one copy (allocators hand out runs).
+      for (size_t i = 0; i < blocks.size();) {
+        size_t n = 1;
+        while (i + n < blocks.size() && blocks[i + n] == blocks[i] + static_cast<int32_t>(n)) ++n;
+        char* c_at = cache + static_cast<size_t>(blocks[i]) * block_bytes;
+        char* b_at = buf + i * block_bytes;
+        RUNNER_CUDA_OK(cudaMemcpyAsync(to_packed ? b_at : c_at, to_packed ? c_at : b_at,
+                                       n * block_bytes, cudaMemcpyDefault, stream_));
+        i += n;
+      }
+    }
+    return absl::OkStatus();
+  }();
+  const cudaError_t synced = cudaStreamSynchronize(stream_);
+  RETURN_IF_ERROR(enqueued);
+  if (synced != cudaSuccess) return CudaError(synced, "KV layer copy (cudaStreamSynchronize)");
   return absl::OkStatus();
 }
 

@@ -5,6 +5,8 @@
 // into one device arena; Q|K|V and gate|up are concatenated so each is one GEMM. Each
 // Forward stages its metadata in one pinned buffer (one host-to-device copy), enqueues the
 // whole pass on the runner's stream and synchronizes once, after the logits copy.
+// CreateSynthetic fills the arena with random values on the device instead (benchmarks at
+// real sizes without host weights).
 #ifndef TANDEM_ENGINE_CUDA_CUDA_MODEL_RUNNER_H_
 #define TANDEM_ENGINE_CUDA_CUDA_MODEL_RUNNER_H_
 
@@ -43,6 +45,12 @@ class CudaModelRunner : public ModelRunner {
   // failures (out of memory included).
   static absl::StatusOr<std::unique_ptr<CudaModelRunner>> Create(
       const ModelWeights& weights, const CudaModelRunnerOptions& options);
+  // Random bf16 weights for `config`, made on the device without host weights (an 8B model
+  // starts in seconds): matrices ~ N(0, 0.02), tiled device-to-device from a 16 MiB pool of
+  // values drawn on the host from `seed` at random 16-byte-aligned offsets; norm weights
+  // ~ 1 + N(0, 0.02). Same seed, same weights. For benchmarks: the values mean nothing.
+  static absl::StatusOr<std::unique_ptr<CudaModelRunner>> CreateSynthetic(
+      const ModelConfig& config, const CudaModelRunnerOptions& options, uint64_t seed);
   ~CudaModelRunner() override;
   CudaModelRunner(const CudaModelRunner&) = delete;
   CudaModelRunner& operator=(const CudaModelRunner&) = delete;
@@ -55,6 +63,22 @@ class CudaModelRunner : public ModelRunner {
   int64_t weight_bytes() const { return weight_bytes_; }
 
   absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) override;
+  // Forward with greedy sampling on the device: `tokens` gets the argmax (first on ties, as
+  // std::max_element over Forward's logits) of every sequence with compute_logits, in order.
+  // Only [n_logits] int32 cross to the host instead of [n_logits, vocab] fp32.
+  absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs, std::vector<int32_t>* tokens);
+
+  // KV access (see ModelRunner): `dst`/`src` are device memory (pinned host memory works
+  // too: cudaMemcpyDefault). Runs of consecutive block ids are copied as one piece; the
+  // copies are enqueued on the runner's stream and synchronized before returning.
+  bool kv_on_device() const override { return true; }
+  int64_t KvLayerBytes(int64_t num_blocks) const override;
+  absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) override;
+  absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks, const void* src) override;
+
+  // The stream every Forward and KV copy runs on (idle between calls).
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return options_.device; }
 
  private:
   using bf16 = cuda::bf16;
@@ -93,19 +117,33 @@ class CudaModelRunner : public ModelRunner {
     size_t act = 0;     // bf16 [T, ffn]
     size_t last = 0;    // bf16 [n_logits, hidden]
     size_t logits = 0;  // fp32 [n_logits, vocab]
+    size_t tokens = 0;  // int32 [n_logits] greedy tokens (ForwardGreedy)
     size_t dec_ws = 0;  // decode attention workspace
     size_t total = 0;
   };
 
   CudaModelRunner(const ModelConfig& config, const CudaModelRunnerOptions& options);
-  absl::Status Init(const ModelWeights& weights);
+  // FAILED_PRECONDITION / INVALID_ARGUMENT for what the kernels cannot run.
+  static absl::Status CheckSupported(const ModelConfig& config,
+                                     const CudaModelRunnerOptions& options);
+  // Stream, cuBLAS, the weight arena (pointers set, contents undefined) and the zeroed KV
+  // cache.
+  absl::Status Allocate(bool tied);
+  absl::Status Upload(const ModelWeights& weights);
+  absl::Status FillSynthetic(uint64_t seed);
   absl::Status ValidateBatch(absl::Span<const ForwardSeq> seqs) const;
+  // Forward and ForwardGreedy: `greedy` leaves [n_logits] int32 tokens in logits_host_,
+  // otherwise [n_logits, vocab] fp32 logits; returns n_logits.
+  absl::StatusOr<int> Run(absl::Span<const ForwardSeq> seqs, bool greedy);
+  // Copies one layer's K and V of `blocks` between the cache and a packed buffer.
+  absl::Status CopyKvLayer(int layer, absl::Span<const int32_t> blocks, void* packed,
+                           bool to_packed);
   // Grows a device or pinned buffer to at least `bytes` (contents are not kept).
   absl::Status ReserveDevice(void** ptr, size_t* capacity, size_t bytes);
   absl::Status ReservePinned(void** ptr, size_t* capacity, size_t bytes);
   // Enqueues the step; Forward synchronizes whatever the outcome.
   absl::Status Enqueue(int64_t n_tokens, int n_logits, int n_dec, int n_pre, int max_blocks,
-                       int max_dec_len, int max_pre_q, size_t dec_ws_bytes);
+                       int max_dec_len, int max_pre_q, size_t dec_ws_bytes, bool greedy);
 
   ModelConfig config_;
   CudaModelRunnerOptions options_;
@@ -133,7 +171,7 @@ class CudaModelRunner : public ModelRunner {
   size_t meta_dev_capacity_ = 0;
   void* meta_host_ = nullptr;  // pinned, MetaLayout
   size_t meta_host_capacity_ = 0;
-  void* logits_host_ = nullptr;  // pinned fp32 [n_logits, vocab]
+  void* logits_host_ = nullptr;  // pinned fp32 [n_logits, vocab], or int32 [n_logits] tokens
   size_t logits_host_capacity_ = 0;
   MetaLayout meta_;
   ScratchLayout scratch_layout_;

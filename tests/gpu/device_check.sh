@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs ON the GPU machine, from the repository root, with a bundle made here by
 # tests/gpu/prepare_bundle.sh:   tests/gpu/device_check.sh BUNDLE_DIR
-# Runs every BUNDLE_DIR/bin/*_test, then kernels_bench; full logs go to $OUT/gpu-logs (or a
-# temporary folder); a compact summary table is printed last. Exit status: 1 if any test
-# failed (or could not start), 2 if only the benchmark failed, 0 otherwise.
+# Runs every BUNDLE_DIR/bin/*_test, then kernels_bench and cuda_decode_bench when the bundle
+# holds them; full logs go to $OUT/gpu-logs (or a temporary folder); a compact summary table
+# is printed last. Exit status: 1 if any test failed (or could not start), 2 if only a
+# benchmark failed, 0 otherwise.
 set -uo pipefail
 # The default model is too big for one call (see prepare_bundle.sh). Its parts collect in
 # $stash, which a warm machine keeps between calls; when both are there they are joined and
@@ -34,7 +35,15 @@ mkdir -p "$logs"
 t_start=$SECONDS
 
 libpath=$bundle/lib
-nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null)
+# NCCL (nccl_transport_test): the Python package nvidia-nccl-cu13. nvidia.nccl is a namespace
+# package (its __file__ is None): take __path__, else search the nvidia packages.
+nccl=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)
+if [[ -z $nccl || ! -e $nccl/lib/libnccl.so.2 ]]; then
+  py_nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null)
+  f=$([[ -n $py_nv ]] && find "$py_nv" -maxdepth 4 -name 'libnccl.so.2' 2>/dev/null | head -1)
+  nccl=""
+  [[ -n $f ]] && nccl=$(dirname "$(dirname "$f")")
+fi
 [[ -n $nccl && -d $nccl/lib ]] && libpath+=":$nccl/lib"
 # cuBLAS is not bundled (600 MB): use the machine's CUDA 13 copy.
 cublas_dir=""
@@ -64,6 +73,7 @@ nvidia-smi -L >/dev/null 2>&1 && gpu_seen=1
 {
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   echo "cublas: ${cublas_dir:-NOT FOUND}"
+  echo "nccl: ${nccl:-NOT FOUND}"
   echo "TANDEM_TEST_MODEL=${TANDEM_TEST_MODEL:-unset} TANDEM_GOLDEN_DIR=$TANDEM_GOLDEN_DIR"
   nvidia-smi -L
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -77,7 +87,8 @@ for exe in "$bundle"/bin/*_test; do
   [[ -x $exe ]] || continue
   name=${exe##*/}
   t0=$SECONDS
-  timeout 240 "$exe" --gtest_brief=1 >"$logs/$name.log" 2>&1
+  # Each test takes seconds; the limit only stops a hang from eating the device budget.
+  timeout 90 "$exe" --gtest_brief=1 >"$logs/$name.log" 2>&1
   rc=$?
   secs=$((SECONDS - t0))
   passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
@@ -96,13 +107,18 @@ for exe in "$bundle"/bin/*_test; do
   fi
 done
 
+# Benchmarks: whichever the bundle holds (a bundle made with ONLY=... may hold none).
 bench_rc=0
 if [[ -x $bundle/bin/kernels_bench ]]; then
   timeout 150 "$bundle/bin/kernels_bench" >"$logs/kernels_bench.log" 2>&1
   bench_rc=$?
-else
-  echo "kernels_bench missing" >"$logs/kernels_bench.log"
-  bench_rc=127
+fi
+# Decode steps of a synthetic Llama-3-8B-shaped model (16 GB of bf16 weights made on the GPU).
+if [[ -x $bundle/bin/cuda_decode_bench ]]; then
+  timeout 90 "$bundle/bin/cuda_decode_bench" >"$logs/cuda_decode_bench.log" 2>&1
+  rc=$?
+  ((rc != 0)) && bench_rc=$rc
+  echo "cuda_decode_bench rc=$rc" >>"$logs/cuda_decode_bench.log"
 fi
 
 echo
@@ -119,9 +135,17 @@ if [[ -n $errs ]]; then
 fi
 # The CUDA model runner: synthetic-model errors, golden continuations, decode throughput.
 grep -h -E '^\[ (synth|golden|bench) +\]' "$logs"/cuda_engine_test.log 2>/dev/null
-echo "kernels_bench rc=$bench_rc"
-sed -n '/^| kernel/,$p' "$logs/kernels_bench.log"
-((bench_rc != 0)) && tail -5 "$logs/kernels_bench.log"
+# KV transports: NCCL to self, CUDA IPC between processes, the prefill -> decode hand-off.
+grep -h -E '^\[ (nccl|ipc) +\]' "$logs"/nccl_transport_test.log "$logs"/cuda_ipc_test.log 2>/dev/null
+if [[ -f $logs/cuda_decode_bench.log ]]; then
+  grep -h -E '^\[ decode +\]' "$logs/cuda_decode_bench.log"
+  tail -1 "$logs/cuda_decode_bench.log" | grep -q 'rc=0$' || tail -5 "$logs/cuda_decode_bench.log"
+fi
+echo "benchmarks rc=$bench_rc"
+if [[ -f $logs/kernels_bench.log ]]; then
+  sed -n '/^| kernel/,$p' "$logs/kernels_bench.log"
+  ((bench_rc != 0)) && tail -5 "$logs/kernels_bench.log"
+fi
 ((failed)) && exit 1
 ((bench_rc != 0)) && exit 2
 exit 0

@@ -3,7 +3,8 @@
 # bundles them with the shared libraries they load, for tests/gpu/device_check.sh on the GPU
 # machine. Usage (from anywhere): tests/gpu/prepare_bundle.sh [OUT_DIR]   (default ./gpu-bundle)
 # Env: BUILD_DIR (default ./build-gpu), JOBS (default 2), ONLY (space-separated targets to
-# bundle instead of all, e.g. ONLY=cuda_engine_test for a ~10 MiB bundle).
+# bundle instead of all, e.g. ONLY="cuda_engine_test cuda_ipc_test nccl_transport_test
+# cuda_decode_bench": the binaries of the second device call, see below).
 #
 # NOTE: the default model (SmolLM2-135M Q4_1, 94 MiB, for cuda_engine_test) is more than one
 # device call may carry (64 MiB in all). When it is found ($TANDEM_TEST_MODEL or the cache),
@@ -28,7 +29,7 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_WITH_C
   -DCMAKE_CUDA_ARCHITECTURES=90a >"$log" 2>&1 ||
   { tail -30 "$log"; exit 1; }
 
-targets=(kernels_bench)
+targets=(kernels_bench cuda_decode_bench)
 for src in "$root"/tests/gpu/*_test.cc "$root"/tests/gpu/*_test.cu; do
   [[ -e $src ]] || continue
   name=${src##*/}
@@ -43,6 +44,8 @@ stage=$build/gpu-stage
 rm -rf "$stage" "$out"
 mkdir -p "$stage/bin"
 for t in "${targets[@]}"; do cp -p "$build/bin/$t" "$stage/bin/"; done
+# Host symbols are not needed there (~0.2 MiB a binary; the device code is most of the rest).
+strip --strip-unneeded "$stage"/bin/*
 /work/shared/device/bundle-libs.sh "$stage" "$out"
 rm -f "$out"/lib/libcublas.so* "$out"/lib/libcublasLt.so*
 
@@ -66,4 +69,13 @@ if [[ -f $model ]]; then
 else
   echo "model not found at $model: cuda_engine_test's golden and bench tests will fail there"
 fi
+# What one device call carries: the working tree (tracked and untracked-not-ignored files),
+# plus the carried paths; at most 64 MiB.
+tree_kib=$(cd "$root" && git ls-files -co --exclude-standard -z | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+b_kib=$( [[ -d $parts/b ]] && du -sk "$parts/b" | cut -f1 || echo 0)
+total_kib=$((tree_kib + size_kib + b_kib))
+echo "a call carrying ${out#"$root"/} and build-model-parts/b: tree $((tree_kib / 1024)) MiB + bundle" \
+  "$((size_kib / 1024)) MiB + b $((b_kib / 1024)) MiB = $((total_kib / 1024)) MiB of 64" \
+  "($(( (64 * 1024 - total_kib) / 1024 )) MiB to spare)"
+((total_kib >= 64 * 1024)) && echo "WARNING: too big for one call with b: bundle fewer binaries (ONLY=...)" >&2
 echo "on the GPU machine, from the repository root: tests/gpu/device_check.sh ${out#"$root"/}"
