@@ -114,6 +114,12 @@ absl::Status BenchEngine(const Args& args) {
   ASSIGN_OR_RETURN(int64_t n_gen, args.GetInt("gen-tokens", 128));
   options.enable_prefix_caching = false;  // every prompt is computed
   options.max_batch_tokens = std::max(options.max_batch_tokens, 2048);
+  if (!args.Has("kv-cache-mb")) {
+    // As much KV as the largest run needs (32 sequences of 128 + n_gen tokens), like
+    // llama-batched-bench's -c, so peak RSS compares like with like.
+    const int64_t tokens = std::max<int64_t>(2048, 32 * (128 + n_gen));
+    options.num_kv_blocks = (tokens + options.block_size - 1) / options.block_size + 1;
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::FromGguf(path, options));
   const int threads = options.num_threads > 0 ? options.num_threads
                                               : static_cast<int>(std::thread::hardware_concurrency());
@@ -151,12 +157,15 @@ absl::Status BenchEngine(const Args& args) {
   for (int n : {128, 512, 2048}) {
     const std::string key = std::to_string(n);
     row("prefill " + key + " tokens (tokens/s)", result["tandem"]["prefill"][key].get<double>(),
-        with_llama ? NumberAt(result["llama_cpp"], "/prefill/" + key) : 0);
+        with_llama ? NumberAt(result["llama_cpp"], "/prefill_tokens_per_s/" + key) : 0);
   }
   for (int b : {1, 8, 32}) {
     const std::string key = std::to_string(b);
     row("decode, " + key + " sequences (tokens/s)", result["tandem"]["decode"][key].get<double>(),
-        with_llama ? NumberAt(result["llama_cpp"], "/decode/" + key) : 0);
+        // llama-bench's tg128 for one sequence, llama-batched-bench's S_TG for several.
+        !with_llama ? 0
+        : b == 1    ? NumberAt(result["llama_cpp"], "/decode_batch1_tokens_per_s")
+                    : NumberAt(result["llama_cpp"], "/batched_decode_aggregate_tokens_per_s/" + key));
   }
   std::printf("| peak RSS (MiB) | %.0f | %s | |\n", result["tandem"]["peak_rss_mib"].get<double>(),
               with_llama && result["llama_cpp"].contains("peak_rss_mib")

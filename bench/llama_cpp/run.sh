@@ -50,11 +50,15 @@ BENCH_CMD=("$LLAMA_BENCH" -m "$MODEL" -t "$THREADS" -p 128,512,2048 -n "$TG" -r 
 BATCHED_CMD=("$LLAMA_BATCHED_BENCH" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -c "$CTX" -b 2048 -ub 512
              -npp "$PP" -ntg "$TG" -npl "$NPL" --output-format jsonl)
 
+# Peak RSS of each tool, in KiB, when GNU time is there (Debian's `time` package).
+TIMER=()
+[[ -x /usr/bin/time ]] && TIMER=(/usr/bin/time -f %M -o)
+
 echo "+ ${BENCH_CMD[*]}" >&2
-"${BENCH_CMD[@]}" >"$RAW_DIR/llama-bench.json" 2>"$RAW_DIR/llama-bench.log" || {
+${TIMER[@]:+"${TIMER[@]}" "$RAW_DIR/llama-bench.rss"} "${BENCH_CMD[@]}" >"$RAW_DIR/llama-bench.json" 2>"$RAW_DIR/llama-bench.log" || {
   echo "run.sh: llama-bench failed; see $RAW_DIR/llama-bench.log" >&2; tail -20 "$RAW_DIR/llama-bench.log" >&2; exit 1; }
 echo "+ ${BATCHED_CMD[*]}" >&2
-"${BATCHED_CMD[@]}" >"$RAW_DIR/llama-batched-bench.out" 2>"$RAW_DIR/llama-batched-bench.log" || {
+${TIMER[@]:+"${TIMER[@]}" "$RAW_DIR/llama-batched-bench.rss"} "${BATCHED_CMD[@]}" >"$RAW_DIR/llama-batched-bench.out" 2>"$RAW_DIR/llama-batched-bench.log" || {
   echo "run.sh: llama-batched-bench failed; see $RAW_DIR/llama-batched-bench.log" >&2; tail -20 "$RAW_DIR/llama-batched-bench.log" >&2; exit 1; }
 
 BENCH_CMD_STR="${BENCH_CMD[*]}" BATCHED_CMD_STR="${BATCHED_CMD[*]}" RAW_DIR="$RAW_DIR" \
@@ -97,6 +101,13 @@ try:
 except OSError:
     pass
 
+rss_kib = []
+for name in ("llama-bench.rss", "llama-batched-bench.rss"):
+    try:
+        rss_kib.append(int(open(os.path.join(raw, name)).read().split()[-1]))
+    except (OSError, ValueError, IndexError):
+        pass
+
 load = None
 try:
     load = open("/proc/loadavg").read().split()[:3]
@@ -116,6 +127,7 @@ out = {
     "cpu_info": first.get("cpu_info"),
     "backends": first.get("backends"),
     "host": socket.gethostname(),
+    "peak_rss_mib": round(max(rss_kib) / 1024, 1) if rss_kib else None,
     "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "loadavg_before": os.environ.get("LOAD_BEFORE", "").split() or None,
     "loadavg_after": load,
