@@ -1,5 +1,6 @@
 // Layer-wise KV movement over any Transport: LayerSender runs on the prefill worker,
-// LayerReceiver (layer_receiver.h) on the decode worker. Both are transport-agnostic: they
+// LayerReceiver (layer_receiver.h) on the decode worker; layer_transfer.h holds what they
+// share. Both are transport-agnostic: they
 // pack a sequence's blocks of one layer with ModelRunner::ReadKvLayer into a staging buffer,
 // move it with one Send/Recv pair, and unpack it with WriteKvLayer.
 //
@@ -15,77 +16,22 @@
 #ifndef TANDEM_KVTRANSFER_LAYER_SENDER_H_
 #define TANDEM_KVTRANSFER_LAYER_SENDER_H_
 
-#include <cstdint>
 #include <memory>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "absl/types/span.h"
-#include "engine/model_runner.h"
-#include "kvtransfer/kv_layout.h"
-#include "kvtransfer/transport.h"
+#include "kvtransfer/layer_transfer.h"
 
 namespace tandem {
 
-// Device memory for staging when the runner's KV lives on a GPU; the CUDA side implements
-// it. Host staging needs none.
-class DeviceAllocator {
- public:
-  virtual ~DeviceAllocator() = default;
-  virtual absl::StatusOr<void*> Allocate(int64_t bytes) = 0;
-  virtual void Free(void* ptr) = 0;
-};
-
-struct LayerTransferOptions {
-  // Required when runner.kv_on_device(); must outlive the sender/receiver.
-  DeviceAllocator* device_allocator = nullptr;
-};
-
-// One reusable staging buffer, in host or device memory, grown to the largest layer seen.
-class KvStagingBuffer {
- public:
-  KvStagingBuffer(bool on_device, DeviceAllocator* device_allocator);
-  ~KvStagingBuffer();
-  KvStagingBuffer(const KvStagingBuffer&) = delete;
-  KvStagingBuffer& operator=(const KvStagingBuffer&) = delete;
-
-  // A buffer of at least `bytes` bytes, valid until the next Reserve.
-  absl::StatusOr<void*> Reserve(int64_t bytes);
-  int64_t capacity() const { return capacity_; }
-
- private:
-  const bool on_device_;
-  DeviceAllocator* const device_allocator_;
-  std::vector<uint8_t> host_;  // [capacity_] when on host
-  void* device_ = nullptr;     // [capacity_] when on device
-  int64_t capacity_ = 0;
-};
-
-// Checks what both ends need before a channel carries KV: `local` describes `runner`'s
-// cache, `peer` is compatible with it (FAILED_PRECONDITION naming the field otherwise), and
-// the transport moves memory where the runner keeps KV.
-absl::Status CheckLayerTransferSetup(const ModelRunner& runner, const KvLayout& local,
-                                     const KvLayout& peer, const Transport& transport,
-                                     const LayerTransferOptions& options);
-
-// Checks a transfer's blocks: ceil(num_tokens / block_size) of them, each a valid id of
-// `runner`'s cache. INVALID_ARGUMENT otherwise.
-absl::Status CheckTransferBlocks(const ModelRunner& runner, absl::Span<const int32_t> blocks,
-                                 int64_t num_tokens);
-
-class LayerSender {
+class LayerSender : public LayerTransfer {
  public:
   // `runner` and `transport` must outlive the sender. `peer_layout` is the layout the
   // receiver announced (on the control stream's Open).
   static absl::StatusOr<std::unique_ptr<LayerSender>> Create(
       ModelRunner* runner, const KvLayout& layout, const KvLayout& peer_layout,
       Transport* transport, const LayerTransferOptions& options = {});
-
-  // Starts the transfer of one sequence: its `num_tokens` tokens of KV live in `blocks` (in
-  // token order; exactly ceil(num_tokens / block_size) of them). INVALID_ARGUMENT otherwise.
-  absl::Status Begin(absl::Span<const int32_t> blocks, int64_t num_tokens);
 
   // Reads `layer` of the sequence and sends it. FAILED_PRECONDITION without a Begin or out of
   // order; the transport's error otherwise (the transfer is then over).
@@ -94,22 +40,8 @@ class LayerSender {
   // SendLayer for every layer not sent yet.
   absl::Status SendRemainingLayers(absl::Time deadline);
 
-  // Whether every layer of the current transfer has been sent.
-  bool done() const { return active_ && next_layer_ == layout_.n_layers; }
-  int64_t layer_bytes() const;
-  const KvLayout& layout() const { return layout_; }
-
  private:
-  LayerSender(ModelRunner* runner, const KvLayout& layout, Transport* transport,
-              const LayerTransferOptions& options);
-
-  ModelRunner* const runner_;
-  const KvLayout layout_;
-  Transport* const transport_;
-  KvStagingBuffer staging_;  // [layer_bytes()]: K then V of the blocks
-  std::vector<int32_t> blocks_;
-  bool active_ = false;  // between a Begin and a failure
-  int next_layer_ = 0;
+  using LayerTransfer::LayerTransfer;
 };
 
 }  // namespace tandem
