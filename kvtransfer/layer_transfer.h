@@ -1,7 +1,8 @@
 // Layer-wise KV movement over any Transport: LayerSender (layer_sender.h) runs on the
 // prefill worker, LayerReceiver (layer_receiver.h) on the decode worker. Both are
-// transport-agnostic: they pack a sequence's blocks of one layer with ModelRunner::ReadKvLayer into a staging buffer,
-// move it with one Send/Recv pair, and unpack it with WriteKvLayer.
+// transport-agnostic: they pack a sequence's blocks of one layer with
+// ModelRunner::ReadKvLayer into a staging buffer, move it with one Send/Recv pair, and
+// unpack it with WriteKvLayer.
 //
 // One transfer = Begin(blocks, num_tokens), then every layer 0..n_layers-1 in order, on both
 // sides. The token count travels on the channel's control stream; both ends derive the
