@@ -109,7 +109,7 @@ Engine::~Engine() = default;
 
 const ModelConfig& Engine::config() const { return weights_->config(); }
 
-absl::StatusOr<RequestId> Engine::AddRequest(GenerationRequest request) {
+absl::Status Engine::ValidateRequest(const GenerationRequest& request) const {
   const ModelConfig& c = config();
   const int64_t n_prompt = static_cast<int64_t>(request.prompt_tokens.size());
   if (n_prompt == 0) return absl::InvalidArgumentError("prompt is empty");
@@ -147,10 +147,19 @@ absl::StatusOr<RequestId> Engine::AddRequest(GenerationRequest request) {
   if (!p.stop.empty() && tokenizer_ == nullptr) {
     return absl::InvalidArgumentError("stop strings need a tokenizer");
   }
+  if (p.hold_kv && p.max_tokens != 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a request that holds its KV for a decode worker generates one token; max_tokens is %d",
+        p.max_tokens));
+  }
+  return absl::OkStatus();
 
+}
+
+std::unique_ptr<Sequence> Engine::MakeSequence(GenerationRequest request) {
   auto seq = std::make_unique<Sequence>();
   seq->id = next_id_++;
-  seq->num_prompt_tokens = static_cast<int32_t>(n_prompt);
+  seq->num_prompt_tokens = static_cast<int32_t>(request.prompt_tokens.size());
   seq->tokens = std::move(request.prompt_tokens);
   seq->params = std::move(request.params);
   seq->sampler = std::make_unique<Sampler>(seq->params.sampling);
@@ -158,19 +167,116 @@ absl::StatusOr<RequestId> Engine::AddRequest(GenerationRequest request) {
     seq->detokenizer = std::make_unique<IncrementalDetokenizer>(*tokenizer_);
   }
   seq->arrival_time = absl::Now();
+  return seq;
+}
+
+absl::StatusOr<RequestId> Engine::AddRequest(GenerationRequest request) {
+  RETURN_IF_ERROR(ValidateRequest(request));
+  std::unique_ptr<Sequence> seq = MakeSequence(std::move(request));
   const RequestId id = seq->id;
   scheduler_->Add(std::move(seq));
   return id;
 }
 
 void Engine::Abort(RequestId id) {
-  if (scheduler_->Find(id) == nullptr) return;
-  // Free the blocks now; report at the next step.
-  scheduler_->Remove(id);
-  aborted_.push_back(id);
+  if (reserved_.contains(id)) {
+    CancelReservation(id);
+  } else if (scheduler_->Find(id) != nullptr) {
+    scheduler_->Remove(id);  // the blocks are free at once
+  } else {
+    return;
+  }
+  RequestOutput out;
+  out.id = id;
+  out.finish_reason = FinishReason::kAborted;
+  pending_outputs_.push_back(std::move(out));
 }
 
-bool Engine::HasWork() const { return scheduler_->HasWork() || !aborted_.empty(); }
+bool Engine::HasWork() const {
+  return scheduler_->HasWork() || !pending_outputs_.empty() || !reserved_.empty();
+}
+
+void Engine::Finish(Sequence& seq, RequestOutput out) {
+  out.num_prompt_tokens = seq.num_prompt_tokens;
+  out.num_cached_prompt_tokens = seq.num_cached_prompt_tokens;
+  out.num_generated_tokens = seq.num_generated();
+  const RequestId id = seq.id;
+  if (out.finished()) scheduler_->Remove(id, /*keep_blocks=*/seq.params.hold_kv);
+  pending_outputs_.push_back(std::move(out));
+}
+
+absl::StatusOr<std::vector<int32_t>> Engine::HeldBlocks(RequestId id) const {
+  if (scheduler_->Find(id) != nullptr || !kv_cache_->Contains(id)) {
+    return absl::NotFoundError(absl::StrFormat("request %d holds no KV blocks", id));
+  }
+  return kv_cache_->BlockTable(id);
+}
+
+void Engine::ReleaseKv(RequestId id) {
+  if (scheduler_->Find(id) == nullptr) kv_cache_->Free(id);
+}
+
+absl::StatusOr<Engine::Reservation> Engine::Reserve(GenerationRequest request,
+                                                    absl::Time deadline) {
+  RETURN_IF_ERROR(ValidateRequest(request));
+  if (request.params.hold_kv) {
+    return absl::InvalidArgumentError("a decode reservation cannot hold its KV");
+  }
+  std::unique_ptr<Sequence> seq = MakeSequence(std::move(request));
+  if (!kv_cache_->Allocate(seq->id, seq->num_prompt_tokens)) {
+    kv_cache_->Free(seq->id);
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "no room for %d prompt tokens: %d of %d KV blocks free", seq->num_prompt_tokens,
+        kv_cache_->num_free_blocks(), kv_cache_->num_total_blocks()));
+  }
+  Reservation reservation;
+  reservation.id = seq->id;
+  reservation.blocks = kv_cache_->BlockTable(seq->id);
+  reservation.deadline = deadline;
+  reservation_deadlines_[seq->id] = deadline;
+  reserved_[seq->id] = std::move(seq);
+  return reservation;
+}
+
+absl::Status Engine::AdmitPrefilled(RequestId id, int32_t first_token) {
+  auto it = reserved_.find(id);
+  if (it == reserved_.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("no reservation %d (cancelled, expired or already admitted)", id));
+  }
+  if (first_token < 0 || first_token >= config().vocab_size) {
+    CancelReservation(id);
+    return absl::InvalidArgumentError(
+        absl::StrFormat("first token %d is outside the vocabulary", first_token));
+  }
+  std::unique_ptr<Sequence> seq = std::move(it->second);
+  reserved_.erase(it);
+  reservation_deadlines_.erase(id);
+  // The prompt's KV arrived; blocks that became full are shareable like locally computed ones.
+  seq->num_computed = seq->num_prompt_tokens;
+  kv_cache_->CommitTokens(id, seq->tokens, seq->num_computed);
+  RequestOutput out;
+  out.id = id;
+  out.finish_reason = AppendToken(*seq, first_token, out);
+  Sequence& ref = *seq;
+  scheduler_->AddPrefilled(std::move(seq));
+  Finish(ref, std::move(out));
+  return absl::OkStatus();
+}
+
+void Engine::CancelReservation(RequestId id) {
+  if (reserved_.erase(id) == 0) return;
+  reservation_deadlines_.erase(id);
+  kv_cache_->Free(id);
+}
+
+void Engine::ExpireReservations(absl::Time now) {
+  std::vector<RequestId> expired;
+  for (const auto& [id, deadline] : reservation_deadlines_) {
+    if (deadline <= now) expired.push_back(id);
+  }
+  for (RequestId id : expired) Abort(id);
+}
 
 FinishReason Engine::AppendToken(Sequence& seq, int32_t token, RequestOutput& out) {
   seq.tokens.push_back(token);
@@ -221,14 +327,9 @@ FinishReason Engine::AppendToken(Sequence& seq, int32_t token, RequestOutput& ou
 }
 
 absl::StatusOr<std::vector<RequestOutput>> Engine::Step() {
-  std::vector<RequestOutput> outputs;
-  for (RequestId id : aborted_) {
-    RequestOutput out;
-    out.id = id;
-    out.finish_reason = FinishReason::kAborted;
-    outputs.push_back(std::move(out));
-  }
-  aborted_.clear();
+  if (!reservation_deadlines_.empty()) ExpireReservations(absl::Now());
+  std::vector<RequestOutput> outputs = std::move(pending_outputs_);
+  pending_outputs_.clear();
 
   SchedulerOutput sched = scheduler_->Schedule();
   stats_.preemptions += static_cast<int64_t>(sched.preempted.size());
@@ -263,12 +364,11 @@ absl::StatusOr<std::vector<RequestOutput>> Engine::Step() {
     RequestOutput out;
     out.id = seq.id;
     out.finish_reason = AppendToken(seq, token, out);
-    out.num_prompt_tokens = seq.num_prompt_tokens;
-    out.num_cached_prompt_tokens = seq.num_cached_prompt_tokens;
-    out.num_generated_tokens = seq.num_generated();
-    if (out.finished()) scheduler_->Remove(seq.id);
-    outputs.push_back(std::move(out));
+    Finish(seq, std::move(out));
   }
+  outputs.insert(outputs.end(), std::make_move_iterator(pending_outputs_.begin()),
+                 std::make_move_iterator(pending_outputs_.end()));
+  pending_outputs_.clear();
   return outputs;
 }
 

@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/chat_template.h"
 #include "engine/kv_cache_manager.h"
 #include "engine/model_runner.h"
@@ -82,6 +84,34 @@ class Engine {
       GenerationRequest request,
       const std::function<void(const RequestOutput&)>& on_output = nullptr);
 
+  // --- Disaggregation, prefill side ---
+  // Blocks of a finished GenerationParams::hold_kv request, in token order; NOT_FOUND when
+  // the request holds none.
+  absl::StatusOr<std::vector<int32_t>> HeldBlocks(RequestId id) const;
+  // Frees a hold_kv request's blocks (after the decode worker acknowledged them, or at a
+  // deadline). Full blocks stay in the prefix cache.
+  void ReleaseKv(RequestId id);
+
+  // --- Disaggregation, decode side ---
+  struct Reservation {
+    RequestId id = 0;
+    std::vector<int32_t> blocks;  // receive the prompt's KV here (LayerReceiver)
+    absl::Time deadline;
+  };
+  // Validates `request` like AddRequest and reserves KV blocks for its prompt.
+  // RESOURCE_EXHAUSTED when the cache cannot hold them now. A reservation not admitted by
+  // `deadline` is freed by Step and reported as aborted: a lost transfer never strands
+  // blocks.
+  absl::StatusOr<Reservation> Reserve(GenerationRequest request, absl::Time deadline);
+  // The prompt's KV is in the reserved blocks: the request joins the running batch with the
+  // first token the prefill worker sampled (its text comes out of the next Step).
+  absl::Status AdmitPrefilled(RequestId id, int32_t first_token);
+  // Frees a reservation whose transfer failed or was cancelled.
+  void CancelReservation(RequestId id);
+
+  // The backend, for moving KV in and out of its cache (engine thread only).
+  ModelRunner& runner() { return *runner_; }
+
   // Last-position logits of a prompt, computed in a scratch sequence ([vocab]).
   absl::StatusOr<std::vector<float>> PromptLogits(const std::vector<int32_t>& tokens);
 
@@ -94,8 +124,13 @@ class Engine {
 
  private:
   Engine() = default;
+  absl::Status ValidateRequest(const GenerationRequest& request) const;
+  std::unique_ptr<Sequence> MakeSequence(GenerationRequest request);
   // Appends a sampled token and decides whether the request is done.
   FinishReason AppendToken(Sequence& seq, int32_t token, RequestOutput& out);
+  // Reports a finished sequence and drops it from the scheduler (keeping hold_kv blocks).
+  void Finish(Sequence& seq, RequestOutput out);
+  void ExpireReservations(absl::Time now);
 
   EngineOptions options_;
   std::unique_ptr<ModelWeights> weights_;
@@ -106,7 +141,9 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;
   int32_t max_context_ = 0;
   RequestId next_id_ = 1;
-  std::vector<RequestId> aborted_;
+  std::vector<RequestOutput> pending_outputs_;  // reported by the next Step
+  absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> reserved_;  // awaiting their KV
+  absl::flat_hash_map<RequestId, absl::Time> reservation_deadlines_;
   std::vector<float> logits_;  // [n_sampled, vocab]
   std::vector<ForwardSeq> forward_seqs_;
   EngineStats stats_;

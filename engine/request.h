@@ -29,6 +29,9 @@ struct GenerationParams {
   int32_t max_tokens = 256;
   std::vector<std::string> stop;  // stop strings; the text ends before the first match
   bool ignore_eos = false;
+  // Prefill worker: stop after the first token (max_tokens must be 1) and keep the KV
+  // blocks until Engine::ReleaseKv, so they can be sent to a decode worker.
+  bool hold_kv = false;
 };
 
 // What the caller hands to Engine::AddRequest.

@@ -22,6 +22,17 @@ void Scheduler::Add(std::unique_ptr<Sequence> seq) {
   waiting_.push_back(raw);
 }
 
+void Scheduler::AddPrefilled(std::unique_ptr<Sequence> seq) {
+  CHECK(seq != nullptr);
+  CHECK_EQ(seq->num_computed + 1, static_cast<int32_t>(seq->tokens.size()))
+      << "request " << seq->id << " must have every token but the last computed";
+  Sequence* raw = seq.get();
+  raw->prefix_looked_up = true;
+  const bool inserted = sequences_.emplace(raw->id, std::move(seq)).second;
+  CHECK(inserted) << "duplicate request id " << raw->id;
+  running_.push_back(raw);
+}
+
 void Scheduler::Preempt(Sequence* seq) {
   kv_cache_.Free(seq->id);
   seq->num_computed = 0;
@@ -102,7 +113,7 @@ void Scheduler::OnStepDone(const SchedulerOutput& output) {
   }
 }
 
-std::unique_ptr<Sequence> Scheduler::Remove(RequestId id) {
+std::unique_ptr<Sequence> Scheduler::Remove(RequestId id, bool keep_blocks) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return nullptr;
   std::unique_ptr<Sequence> seq = std::move(it->second);
@@ -113,7 +124,7 @@ std::unique_ptr<Sequence> Scheduler::Remove(RequestId id) {
   if (auto w = std::find(waiting_.begin(), waiting_.end(), seq.get()); w != waiting_.end()) {
     waiting_.erase(w);
   }
-  kv_cache_.Free(id);
+  if (!keep_blocks) kv_cache_.Free(id);
   return seq;
 }
 

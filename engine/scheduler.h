@@ -43,12 +43,16 @@ class Scheduler {
   Scheduler(const SchedulerOptions& options, KvCacheManager& kv_cache);
 
   void Add(std::unique_ptr<Sequence> seq);
+  // Adds a sequence whose prompt KV is already in its blocks (prefilled elsewhere and moved
+  // in); it joins the running batch at the next step to decode its last token.
+  void AddPrefilled(std::unique_ptr<Sequence> seq);
   SchedulerOutput Schedule();
   // Marks the scheduled tokens as computed and registers newly full blocks for prefix
   // sharing. Call after the forward pass and before appending sampled tokens.
   void OnStepDone(const SchedulerOutput& output);
-  // Removes a sequence (finished or aborted) and frees its blocks; null if unknown.
-  std::unique_ptr<Sequence> Remove(RequestId id);
+  // Removes a sequence (finished or aborted) and frees its blocks unless `keep_blocks`
+  // (a prefill worker holds them until they have been sent); null if unknown.
+  std::unique_ptr<Sequence> Remove(RequestId id, bool keep_blocks = false);
 
   Sequence* Find(RequestId id) const;
   bool HasWork() const { return !waiting_.empty() || !running_.empty(); }
