@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <utility>
@@ -31,6 +32,21 @@ absl::Status CudaError(cudaError_t err, const char* what) {
 // Device sub-buffers start on 256-byte boundaries (cuBLAS and 16-byte vector loads).
 constexpr size_t kDeviceAlign = 256;
 size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// A decode graph serves every step whose longest context rounds up to the same multiple of
+// this: the decode attention partitions are multiples of 64 keys (64..512), so its split
+// plan for max_seq_len L equals the plan for L rounded up to 64.
+constexpr int kGraphContextGranule = 64;
+
+// Device (or managed) memory: what the KV copy kernel may read and write.
+bool IsDeviceMemory(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
 
 // The runner's own weight arena is written once at construction through the read-only
 // pointers the forward pass uses.
@@ -87,6 +103,9 @@ CudaModelRunner::CudaModelRunner(const ModelConfig& config, const CudaModelRunne
   kv_dim_ = static_cast<int64_t>(config_.n_kv_heads) * config_.head_dim;
   qkv_dim_ = q_dim_ + 2 * kv_dim_;
   use_decode_kernel_ = options_.decode_kernel && config_.n_heads / config_.n_kv_heads <= 8;
+  int n_buckets = 0;
+  for (int b = 1; b <= kMaxGraphBatch; b *= 2) ++n_buckets;
+  graphs_.resize(n_buckets);
 }
 
 absl::Status CudaModelRunner::CheckSupported(const ModelConfig& c,
@@ -302,13 +321,23 @@ CudaModelRunner::~CudaModelRunner() {
     const cudaError_t e = cudaStreamSynchronize(stream_);
     if (e != cudaSuccess) LOG(WARNING) << "cudaStreamSynchronize: " << cudaGetErrorName(e);
   }
+  for (DecodeGraph& g : graphs_) {
+    if (g.exec != nullptr) {
+      const cudaError_t e = cudaGraphExecDestroy(g.exec);
+      if (e != cudaSuccess) LOG(WARNING) << "cudaGraphExecDestroy: " << cudaGetErrorName(e);
+    }
+    if (g.arena != nullptr) {
+      const cudaError_t e = cudaFree(g.arena);
+      if (e != cudaSuccess) LOG(WARNING) << "cudaFree(graph arena): " << cudaGetErrorName(e);
+    }
+  }
   gemm_.reset();
-  for (void* p : {weight_arena_, kv_arena_, scratch_, meta_dev_}) {
+  for (void* p : {weight_arena_, kv_arena_, scratch_, meta_dev_, kv_ids_dev_}) {
     if (p == nullptr) continue;
     const cudaError_t e = cudaFree(p);
     if (e != cudaSuccess) LOG(WARNING) << "cudaFree: " << cudaGetErrorName(e);
   }
-  for (void* p : {meta_host_, logits_host_}) {
+  for (void* p : {meta_host_, logits_host_, kv_ids_host_}) {
     if (p == nullptr) continue;
     const cudaError_t e = cudaFreeHost(p);
     if (e != cudaSuccess) LOG(WARNING) << "cudaFreeHost: " << cudaGetErrorName(e);
@@ -384,6 +413,15 @@ absl::StatusOr<int> CudaModelRunner::Run(absl::Span<const ForwardSeq> seqs, bool
   const int n_seqs = static_cast<int>(seqs.size());
   if (n_seqs == 0) return 0;
   RUNNER_CUDA_OK(cudaSetDevice(options_.device));
+  if (options_.use_cuda_graphs && use_decode_kernel_ && n_seqs <= kMaxGraphBatch &&
+      std::all_of(seqs.begin(), seqs.end(),
+                  [](const ForwardSeq& s) { return s.tokens.size() == 1; })) {
+    absl::StatusOr<int> graphed = RunGraph(seqs, greedy);
+    if (graphed.ok() || !graph_capture_failed_) return graphed;
+    // Capture is not possible here: warn once, run this and every later step eagerly.
+    LOG(ERROR) << "CudaModelRunner: CUDA graph capture failed, graphs off: " << graphed.status();
+    options_.use_cuda_graphs = false;
+  }
 
   // Internal order: one-token sequences first (their rows feed the decode kernel as one dense
   // batch), then the rest in the caller's order. Logits come back in the caller's order.
@@ -417,23 +455,7 @@ absl::StatusOr<int> CudaModelRunner::Run(absl::Span<const ForwardSeq> seqs, bool
   }
 
   // Metadata layout (16-byte aligned sections) and staging.
-  {
-    size_t off = 0;
-    auto take = [&off](size_t bytes) {
-      const size_t at = off;
-      off = AlignUp(off + bytes, 16);
-      return at;
-    };
-    meta_.ids = take(n_tokens * 4);
-    meta_.positions = take(n_tokens * 4);
-    meta_.slots = take(n_tokens * 8);
-    meta_.logit_rows = take(static_cast<size_t>(n_logits) * 4);
-    meta_.block_tables = take(static_cast<size_t>(n_seqs) * max_blocks * 4);
-    meta_.dec_seq_lens = take(static_cast<size_t>(n_dec) * 4);
-    meta_.pre_cu_q = take(static_cast<size_t>(n_pre + 1) * 4);
-    meta_.pre_start = take(static_cast<size_t>(n_pre) * 4);
-    meta_.total = off;
-  }
+  meta_ = PlanMeta(n_tokens, n_logits, n_seqs, max_blocks, n_dec, n_pre);
   RETURN_IF_ERROR(ReservePinned(&meta_host_, &meta_host_capacity_, meta_.total));
   RETURN_IF_ERROR(ReserveDevice(&meta_dev_, &meta_dev_capacity_, meta_.total));
   char* hb = static_cast<char*>(meta_host_);
@@ -485,35 +507,16 @@ absl::StatusOr<int> CudaModelRunner::Run(absl::Span<const ForwardSeq> seqs, bool
     a.n_heads = c.n_heads;
     dec_ws_bytes = cuda::DecodeAttentionWorkspaceBytes(a, layers_[0].kv);
   }
-  {
-    size_t off = 0;
-    auto take = [&off](size_t bytes) {
-      const size_t at = off;
-      off = AlignUp(off + bytes, kDeviceAlign);
-      return at;
-    };
-    const size_t T = static_cast<size_t>(n_tokens);
-    ScratchLayout& s = scratch_layout_;
-    s.x = take(T * c.hidden * 4);
-    s.h = take(T * c.hidden * 2);
-    s.qkv = take(T * qkv_dim_ * 2);
-    s.q_dec = take(static_cast<size_t>(n_dec) * q_dim_ * 2);
-    s.attn = take(T * q_dim_ * 2);
-    s.gu = take(T * 2 * c.ffn_dim * 2);
-    s.act = take(T * c.ffn_dim * 2);
-    s.last = take(static_cast<size_t>(n_logits) * c.hidden * 2);
-    s.logits = take(static_cast<size_t>(n_logits) * c.vocab_size * 4);
-    s.tokens = take(static_cast<size_t>(n_logits) * 4);
-    s.dec_ws = take(dec_ws_bytes);
-    s.total = off;
-  }
+  scratch_layout_ = PlanScratch(n_tokens, n_logits, n_dec, dec_ws_bytes);
   RETURN_IF_ERROR(ReserveDevice(&scratch_, &scratch_capacity_, scratch_layout_.total));
   RETURN_IF_ERROR(ReservePinned(
       &logits_host_, &logits_host_capacity_,
       static_cast<size_t>(n_logits) * (greedy ? sizeof(int32_t) : c.vocab_size * sizeof(float))));
 
-  const absl::Status enqueued = Enqueue(n_tokens, n_logits, n_dec, n_pre, max_blocks, max_dec_len,
-                                        max_pre_q, dec_ws_bytes, greedy);
+  const absl::Status enqueued =
+      Enqueue(static_cast<char*>(meta_dev_), meta_, static_cast<char*>(scratch_), scratch_layout_,
+              n_tokens, n_logits, n_dec, n_pre, max_blocks, max_dec_len, max_pre_q, dec_ws_bytes,
+              greedy, /*copy_io=*/true);
   // Always drain the stream: the staging buffers are rewritten by the next step.
   const cudaError_t synced = cudaStreamSynchronize(stream_);
   RETURN_IF_ERROR(enqueued);
@@ -521,9 +524,248 @@ absl::StatusOr<int> CudaModelRunner::Run(absl::Span<const ForwardSeq> seqs, bool
   return n_logits;
 }
 
-absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec, int n_pre,
-                                      int max_blocks, int max_dec_len, int max_pre_q,
-                                      size_t dec_ws_bytes, bool greedy) {
+CudaModelRunner::MetaLayout CudaModelRunner::PlanMeta(int64_t n_tokens, int n_logits, int n_seqs,
+                                                      int max_blocks, int n_dec, int n_pre) {
+  MetaLayout m;
+  size_t off = 0;
+  auto take = [&off](size_t bytes) {
+    const size_t at = off;
+    off = AlignUp(off + bytes, 16);
+    return at;
+  };
+  m.ids = take(n_tokens * 4);
+  m.positions = take(n_tokens * 4);
+  m.slots = take(n_tokens * 8);
+  m.logit_rows = take(static_cast<size_t>(n_logits) * 4);
+  m.block_tables = take(static_cast<size_t>(n_seqs) * max_blocks * 4);
+  m.dec_seq_lens = take(static_cast<size_t>(n_dec) * 4);
+  m.pre_cu_q = take(static_cast<size_t>(n_pre + 1) * 4);
+  m.pre_start = take(static_cast<size_t>(n_pre) * 4);
+  m.total = off;
+  return m;
+}
+
+CudaModelRunner::ScratchLayout CudaModelRunner::PlanScratch(int64_t n_tokens, int n_logits,
+                                                            int n_dec, size_t dec_ws_bytes) const {
+  const ModelConfig& c = config_;
+  size_t off = 0;
+  auto take = [&off](size_t bytes) {
+    const size_t at = off;
+    off = AlignUp(off + bytes, kDeviceAlign);
+    return at;
+  };
+  const size_t T = static_cast<size_t>(n_tokens);
+  ScratchLayout s;
+  s.x = take(T * c.hidden * 4);
+  s.h = take(T * c.hidden * 2);
+  s.qkv = take(T * qkv_dim_ * 2);
+  s.q_dec = take(static_cast<size_t>(n_dec) * q_dim_ * 2);
+  s.attn = take(T * q_dim_ * 2);
+  s.gu = take(T * 2 * c.ffn_dim * 2);
+  s.act = take(T * c.ffn_dim * 2);
+  s.last = take(static_cast<size_t>(n_logits) * c.hidden * 2);
+  s.logits = take(static_cast<size_t>(n_logits) * c.vocab_size * 4);
+  s.tokens = take(static_cast<size_t>(n_logits) * 4);
+  s.dec_ws = take(dec_ws_bytes);
+  s.total = off;
+  return s;
+}
+
+absl::Status CudaModelRunner::CaptureGraph(DecodeGraph* g, int bucket, int plan_len) {
+  const int bs = options_.block_size;
+  const int max_blocks = (plan_len + bs - 1) / bs;
+  cuda::DecodeAttentionArgs a;
+  a.batch = bucket;
+  a.max_seq_len = plan_len;
+  a.n_heads = config_.n_heads;
+  const size_t dec_ws_bytes = cuda::DecodeAttentionWorkspaceBytes(a, layers_[0].kv);
+  const MetaLayout meta = PlanMeta(bucket, bucket, bucket, max_blocks, bucket, 0);
+  const ScratchLayout sl = PlanScratch(bucket, bucket, bucket, dec_ws_bytes);
+  const size_t scratch_offset = AlignUp(meta.total, kDeviceAlign);
+  const size_t need = scratch_offset + sl.total;
+  if (g->arena == nullptr || g->arena_bytes < need) {
+    // The old executable graph reads the old arena: it goes with it.
+    if (g->exec != nullptr) {
+      RUNNER_CUDA_OK(cudaGraphExecDestroy(g->exec));
+      g->exec = nullptr;
+    }
+    const size_t bytes = std::max(need, g->arena_bytes + g->arena_bytes / 2);
+    if (g->arena != nullptr) RUNNER_CUDA_OK(cudaFree(g->arena));
+    g->arena = nullptr;
+    g->arena_bytes = 0;
+    RUNNER_CUDA_OK(cudaMalloc(&g->arena, bytes));
+    g->arena_bytes = bytes;
+    // Defined contents (no NaN patterns) before the first replay.
+    RUNNER_CUDA_OK(cudaMemsetAsync(g->arena, 0, bytes, stream_));
+  }
+  g->bucket = bucket;
+  g->plan_len = 0;  // valid again once captured
+  g->max_blocks = max_blocks;
+  g->scratch_offset = scratch_offset;
+  g->meta = meta;
+  g->scratch = sl;
+  g->dec_ws_bytes = dec_ws_bytes;
+
+  char* base = static_cast<char*>(g->arena);
+  // Warm-up outside the capture: the same launches once over padding rows only (slot -1: no
+  // KV write; context 0: zero attention), so that every kernel is loaded (lazy module
+  // loading) and cuBLAS has set up these shapes before the capture sees them.
+  {
+    RETURN_IF_ERROR(ReservePinned(&meta_host_, &meta_host_capacity_, meta.total));
+    std::memset(meta_host_, 0, meta.total);
+    char* hb = static_cast<char*>(meta_host_);
+    auto* slots = reinterpret_cast<int64_t*>(hb + meta.slots);
+    auto* logit_rows = reinterpret_cast<int32_t*>(hb + meta.logit_rows);
+    for (int i = 0; i < bucket; ++i) {
+      slots[i] = -1;
+      logit_rows[i] = i;
+    }
+    const absl::Status warmed = [&]() -> absl::Status {
+      RUNNER_CUDA_OK(
+          cudaMemcpyAsync(base, meta_host_, meta.total, cudaMemcpyHostToDevice, stream_));
+      return Enqueue(base, meta, base + scratch_offset, sl, bucket, bucket, bucket, /*n_pre=*/0,
+                     max_blocks, plan_len, /*max_pre_q=*/0, dec_ws_bytes, /*greedy=*/true,
+                     /*copy_io=*/false);
+    }();
+    // meta_host_ is rewritten next: drain the copy (and the warm-up) first.
+    const cudaError_t synced = cudaStreamSynchronize(stream_);
+    RETURN_IF_ERROR(warmed);
+    if (synced != cudaSuccess) return CudaError(synced, "decode graph warm-up");
+  }
+  cudaGraph_t graph = nullptr;
+  RUNNER_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  const absl::Status enqueued =
+      Enqueue(base, meta, base + scratch_offset, sl, bucket, bucket, bucket, /*n_pre=*/0,
+              max_blocks, plan_len, /*max_pre_q=*/0, dec_ws_bytes, /*greedy=*/true,
+              /*copy_io=*/false);
+  const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+  if (!enqueued.ok() || ended != cudaSuccess) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    if (g->exec != nullptr) (void)cudaGraphExecDestroy(g->exec);
+    g->exec = nullptr;
+    RETURN_IF_ERROR(enqueued);
+    return CudaError(ended, "decode graph capture (cudaStreamEndCapture)");
+  }
+  ++graph_stats_.captures;
+  bool updated = false;
+  if (g->exec != nullptr) {
+    // Same topology with new sizes/pointers: update in place (cheaper than instantiating).
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(g->exec, graph, &info) == cudaSuccess) {
+      updated = true;
+      ++graph_stats_.updates;
+    } else {
+      (void)cudaGetLastError();
+      (void)cudaGraphExecDestroy(g->exec);
+      g->exec = nullptr;
+    }
+  }
+  cudaError_t inst = cudaSuccess;
+  if (!updated) {
+    inst = cudaGraphInstantiate(&g->exec, graph, 0);
+    ++graph_stats_.instantiates;
+  }
+  const cudaError_t destroyed = cudaGraphDestroy(graph);
+  if (inst != cudaSuccess) {
+    g->exec = nullptr;
+    return CudaError(inst, "cudaGraphInstantiate(decode step)");
+  }
+  if (destroyed != cudaSuccess) return CudaError(destroyed, "cudaGraphDestroy");
+  g->plan_len = plan_len;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> CudaModelRunner::RunGraph(absl::Span<const ForwardSeq> seqs, bool greedy) {
+  const ModelConfig& c = config_;
+  const int bs = options_.block_size;
+  const int n = static_cast<int>(seqs.size());
+  int bucket = 1, index = 0;
+  while (bucket < n) {
+    bucket *= 2;
+    ++index;
+  }
+  int max_len = 1;
+  int n_logits = 0;
+  for (const ForwardSeq& s : seqs) {
+    max_len = std::max(max_len, s.start_pos + 1);
+    n_logits += s.compute_logits ? 1 : 0;
+  }
+  const int plan_len = static_cast<int>(AlignUp(max_len, kGraphContextGranule));
+  graph_capture_failed_ = false;
+  DecodeGraph& g = graphs_[index];
+  if (g.exec == nullptr || g.plan_len != plan_len) {
+    if (absl::Status s = CaptureGraph(&g, bucket, plan_len); !s.ok()) {
+      graph_capture_failed_ = true;
+      return s;
+    }
+  }
+
+  // Stage the inputs in the graph's layout; padded rows: token 0 at position 0, slot -1 (no
+  // KV write), context 0 (zero attention output), block table zeros (never read).
+  RETURN_IF_ERROR(ReservePinned(&meta_host_, &meta_host_capacity_, g.meta.total));
+  std::memset(meta_host_, 0, g.meta.total);
+  char* hb = static_cast<char*>(meta_host_);
+  auto* ids = reinterpret_cast<int32_t*>(hb + g.meta.ids);
+  auto* positions = reinterpret_cast<int32_t*>(hb + g.meta.positions);
+  auto* slots = reinterpret_cast<int64_t*>(hb + g.meta.slots);
+  auto* logit_rows = reinterpret_cast<int32_t*>(hb + g.meta.logit_rows);
+  auto* block_tables = reinterpret_cast<int32_t*>(hb + g.meta.block_tables);
+  auto* seq_lens = reinterpret_cast<int32_t*>(hb + g.meta.dec_seq_lens);
+  for (int i = 0; i < bucket; ++i) {
+    logit_rows[i] = i;
+    if (i >= n) {
+      slots[i] = -1;
+      continue;
+    }
+    const ForwardSeq& s = seqs[i];
+    const int pos = s.start_pos;
+    ids[i] = s.tokens[0];
+    positions[i] = pos;
+    slots[i] = static_cast<int64_t>(s.block_table[pos / bs]) * bs + pos % bs;
+    const int used = (pos + 1 + bs - 1) / bs;
+    std::copy_n(s.block_table.data(), used, block_tables + static_cast<int64_t>(i) * g.max_blocks);
+    seq_lens[i] = pos + 1;
+  }
+  const size_t row_bytes = greedy ? sizeof(int32_t) : c.vocab_size * sizeof(float);
+  RETURN_IF_ERROR(ReservePinned(&logits_host_, &logits_host_capacity_,
+                                static_cast<size_t>(n_logits) * row_bytes));
+
+  const absl::Status enqueued = [&]() -> absl::Status {
+    RUNNER_CUDA_OK(
+        cudaMemcpyAsync(g.arena, meta_host_, g.meta.total, cudaMemcpyHostToDevice, stream_));
+    RUNNER_CUDA_OK(cudaGraphLaunch(g.exec, stream_));
+    const char* src = static_cast<const char*>(g.arena) + g.scratch_offset +
+                      (greedy ? g.scratch.tokens : g.scratch.logits);
+    char* dst = static_cast<char*>(logits_host_);
+    // Rows of the sequences with compute_logits, in order: one copy per run.
+    int out = 0;
+    for (int i = 0; i < n;) {
+      if (!seqs[i].compute_logits) {
+        ++i;
+        continue;
+      }
+      int run = 1;
+      while (i + run < n && seqs[i + run].compute_logits) ++run;
+      RUNNER_CUDA_OK(cudaMemcpyAsync(dst + out * row_bytes, src + i * row_bytes, run * row_bytes,
+                                     cudaMemcpyDeviceToHost, stream_));
+      out += run;
+      i += run;
+    }
+    return absl::OkStatus();
+  }();
+  const cudaError_t synced = cudaStreamSynchronize(stream_);
+  RETURN_IF_ERROR(enqueued);
+  if (synced != cudaSuccess) return CudaError(synced, "decode graph (cudaStreamSynchronize)");
+  ++graph_stats_.launches;
+  return n_logits;
+}
+
+absl::Status CudaModelRunner::Enqueue(char* md, const MetaLayout& meta, char* sd,
+                                      const ScratchLayout& sl, int64_t n_tokens, int n_logits,
+                                      int n_dec, int n_pre, int max_blocks, int max_dec_len,
+                                      int max_pre_q, size_t dec_ws_bytes, bool greedy,
+                                      bool copy_io) {
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden;
   const int64_t ffn = c.ffn_dim;
@@ -532,18 +774,14 @@ absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec,
   const cuda::RopeLayout rope = ToCudaRope(c.rope_layout);
   cudaStream_t st = stream_;
 
-  char* md = static_cast<char*>(meta_dev_);
-  const auto* d_ids = reinterpret_cast<const int32_t*>(md + meta_.ids);
-  const auto* d_positions = reinterpret_cast<const int32_t*>(md + meta_.positions);
-  const auto* d_slots = reinterpret_cast<const int64_t*>(md + meta_.slots);
-  const auto* d_logit_rows = reinterpret_cast<const int32_t*>(md + meta_.logit_rows);
-  const auto* d_block_tables = reinterpret_cast<const int32_t*>(md + meta_.block_tables);
-  const auto* d_dec_seq_lens = reinterpret_cast<const int32_t*>(md + meta_.dec_seq_lens);
-  const auto* d_pre_cu_q = reinterpret_cast<const int32_t*>(md + meta_.pre_cu_q);
-  const auto* d_pre_start = reinterpret_cast<const int32_t*>(md + meta_.pre_start);
-
-  char* sd = static_cast<char*>(scratch_);
-  const ScratchLayout& sl = scratch_layout_;
+  const auto* d_ids = reinterpret_cast<const int32_t*>(md + meta.ids);
+  const auto* d_positions = reinterpret_cast<const int32_t*>(md + meta.positions);
+  const auto* d_slots = reinterpret_cast<const int64_t*>(md + meta.slots);
+  const auto* d_logit_rows = reinterpret_cast<const int32_t*>(md + meta.logit_rows);
+  const auto* d_block_tables = reinterpret_cast<const int32_t*>(md + meta.block_tables);
+  const auto* d_dec_seq_lens = reinterpret_cast<const int32_t*>(md + meta.dec_seq_lens);
+  const auto* d_pre_cu_q = reinterpret_cast<const int32_t*>(md + meta.pre_cu_q);
+  const auto* d_pre_start = reinterpret_cast<const int32_t*>(md + meta.pre_start);
   auto* x = reinterpret_cast<float*>(sd + sl.x);
   auto* h = reinterpret_cast<bf16*>(sd + sl.h);
   auto* qkv = reinterpret_cast<bf16*>(sd + sl.qkv);
@@ -556,7 +794,9 @@ absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec,
   auto* d_tokens = reinterpret_cast<int32_t*>(sd + sl.tokens);
   void* dec_ws = dec_ws_bytes > 0 ? sd + sl.dec_ws : nullptr;
 
-  RUNNER_CUDA_OK(cudaMemcpyAsync(meta_dev_, meta_host_, meta_.total, cudaMemcpyHostToDevice, st));
+  if (copy_io) {
+    RUNNER_CUDA_OK(cudaMemcpyAsync(md, meta_host_, meta.total, cudaMemcpyHostToDevice, st));
+  }
   RETURN_IF_ERROR(
       cuda::EmbeddingGatherF32(token_embd_, d_ids, n_tokens, c.vocab_size, hidden, x, st));
 
@@ -625,7 +865,10 @@ absl::Status CudaModelRunner::Enqueue(int64_t n_tokens, int n_logits, int n_dec,
         cuda::RmsNormF32ToBf16(x, d_logit_rows, n_logits, hidden, output_norm_, eps, last, st));
     RETURN_IF_ERROR(gemm_->Linear(last, lm_head_, n_logits, hidden, c.vocab_size, d_logits,
                                   cuda::GemmOut::kF32, st));
-    if (greedy) {
+    if (!copy_io) {
+      // Graph capture: the tokens are always computed; the caller copies out what it needs.
+      RETURN_IF_ERROR(cuda::ArgmaxRows(d_logits, n_logits, c.vocab_size, d_tokens, st));
+    } else if (greedy) {
       RETURN_IF_ERROR(cuda::ArgmaxRows(d_logits, n_logits, c.vocab_size, d_tokens, st));
       RUNNER_CUDA_OK(cudaMemcpyAsync(logits_host_, d_tokens,
                                      static_cast<size_t>(n_logits) * sizeof(int32_t),
@@ -661,6 +904,26 @@ absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> b
   const size_t block_bytes = static_cast<size_t>(options_.block_size) * kv_dim_ * sizeof(bf16);
   const size_t half = blocks.size() * block_bytes;  // K of every block, then V
   const cuda::PagedKvCache& kv = layers_[layer].kv;
+  const size_t n_blocks = blocks.size();
+  if (options_.kv_copy_kernel && block_bytes % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(packed) % 16 == 0 && IsDeviceMemory(packed)) {
+    // One gather/scatter launch for every block of K and V; the ids go over in one copy.
+    RETURN_IF_ERROR(ReservePinned(&kv_ids_host_, &kv_ids_host_capacity_, n_blocks * 4));
+    RETURN_IF_ERROR(ReserveDevice(&kv_ids_dev_, &kv_ids_dev_capacity_, n_blocks * 4));
+    std::memcpy(kv_ids_host_, blocks.data(), n_blocks * 4);
+    const absl::Status enqueued = [&]() -> absl::Status {
+      RUNNER_CUDA_OK(cudaMemcpyAsync(kv_ids_dev_, kv_ids_host_, n_blocks * 4,
+                                     cudaMemcpyHostToDevice, stream_));
+      return cuda::CopyKvBlocks(kv.k, kv.v, static_cast<const int32_t*>(kv_ids_dev_),
+                                static_cast<int64_t>(n_blocks), static_cast<int64_t>(block_bytes),
+                                packed, to_packed, stream_);
+    }();
+    const cudaError_t synced = cudaStreamSynchronize(stream_);
+    RETURN_IF_ERROR(enqueued);
+    if (synced != cudaSuccess) return CudaError(synced, "KV layer copy kernel (sync)");
+    ++kv_kernel_copies_;
+    return absl::OkStatus();
+  }
   const absl::Status enqueued = [&]() -> absl::Status {
     for (int part = 0; part < 2; ++part) {
       char* cache = reinterpret_cast<char*>(part == 0 ? kv.k : kv.v);
@@ -681,6 +944,7 @@ absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> b
   const cudaError_t synced = cudaStreamSynchronize(stream_);
   RETURN_IF_ERROR(enqueued);
   if (synced != cudaSuccess) return CudaError(synced, "KV layer copy (cudaStreamSynchronize)");
+  ++kv_memcpy_copies_;
   return absl::OkStatus();
 }
 

@@ -4,7 +4,9 @@
 // Weights (any GGML type) are dequantized on the host at construction and uploaded as bf16
 // into one device arena; Q|K|V and gate|up are concatenated so each is one GEMM. Each
 // Forward stages its metadata in one pinned buffer (one host-to-device copy), enqueues the
-// whole pass on the runner's stream and synchronizes once, after the logits copy.
+// whole pass on the runner's stream and synchronizes once, after the logits copy. Decode
+// steps (one token per sequence) replay a CUDA graph of the whole pass instead (see
+// CudaModelRunnerOptions::use_cuda_graphs).
 // CreateSynthetic fills the arena with random values on the device instead (benchmarks at
 // real sizes without host weights).
 #ifndef TANDEM_ENGINE_CUDA_CUDA_MODEL_RUNNER_H_
@@ -34,6 +36,20 @@ struct CudaModelRunnerOptions {
   // One-token sequences go to the flash-decoding kernel; false sends every sequence to the
   // prefill kernel (which handles one query too): a cross-check for tests.
   bool decode_kernel = true;
+  // Decode steps (every sequence feeds exactly 1 token, decode_kernel on, at most
+  // kMaxGraphBatch sequences) replay a CUDA graph of the whole step (embedding, every layer,
+  // final norm, LM head, argmax) captured for the batch rounded up to a power of two (padded
+  // rows write no KV and attend to nothing). The graph reads its inputs from fixed device
+  // buffers filled by one host-to-device copy before the launch; it is re-captured (or
+  // updated in place) when the step's context, rounded up to 64 tokens, changes, so the
+  // decode attention split plan equals the non-graph one. false: every kernel is launched
+  // one by one (the previous path). Each bucket keeps its own device buffers.
+  bool use_cuda_graphs = true;
+  // ReadKvLayer/WriteKvLayer: one gather/scatter kernel per call copies every block of K and
+  // V between the cache and a packed device buffer (16-byte accesses); false, or a packed
+  // buffer that is not device memory or not 16-byte aligned: one cudaMemcpyAsync per run of
+  // consecutive block ids (the previous path).
+  bool kv_copy_kernel = true;
 };
 
 // Not thread-safe: one thread (the engine thread) calls Forward; it may differ from the
@@ -69,12 +85,32 @@ class CudaModelRunner : public ModelRunner {
   absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs, std::vector<int32_t>* tokens);
 
   // KV access (see ModelRunner): `dst`/`src` are device memory (pinned host memory works
-  // too: cudaMemcpyDefault). Runs of consecutive block ids are copied as one piece; the
+  // too: cudaMemcpyDefault). Device buffers go through one gather/scatter kernel
+  // (kv_copy_kernel); otherwise runs of consecutive block ids are copied as one piece. The
   // copies are enqueued on the runner's stream and synchronized before returning.
   bool kv_on_device() const override { return true; }
   int64_t KvLayerBytes(int64_t num_blocks) const override;
   absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) override;
   absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks, const void* src) override;
+
+  // Largest decode batch replayed as a CUDA graph (buckets 1, 2, 4, ..., kMaxGraphBatch).
+  static constexpr int kMaxGraphBatch = 256;
+  struct GraphStats {
+    int64_t captures = 0;      // graphs captured (each is instantiated or updated into one)
+    int64_t instantiates = 0;  // cudaGraphInstantiate calls
+    int64_t updates = 0;       // successful cudaGraphExecUpdate calls (no new instantiate)
+    int64_t launches = 0;      // decode steps run as a graph
+  };
+  const GraphStats& graph_stats() const { return graph_stats_; }
+  // Turns the graph path on or off for later steps (captured graphs are kept): benchmarks
+  // compare both on one runner.
+  void set_use_cuda_graphs(bool on) { options_.use_cuda_graphs = on; }
+  bool use_cuda_graphs() const { return options_.use_cuda_graphs; }
+  // Turns the KV copy kernel on or off for later ReadKvLayer/WriteKvLayer calls.
+  void set_kv_copy_kernel(bool on) { options_.kv_copy_kernel = on; }
+  // KV layer copies done by the gather/scatter kernel and by cudaMemcpyAsync runs.
+  int64_t kv_kernel_copies() const { return kv_kernel_copies_; }
+  int64_t kv_memcpy_copies() const { return kv_memcpy_copies_; }
 
   // The stream every Forward and KV copy runs on (idle between calls).
   cudaStream_t stream() const { return stream_; }
@@ -122,7 +158,29 @@ class CudaModelRunner : public ModelRunner {
     size_t total = 0;
   };
 
+  // A captured decode step for one batch bucket: its own device buffers (metadata, then
+  // scratch) so that no later reallocation moves what the graph reads.
+  struct DecodeGraph {
+    int bucket = 0;      // padded batch
+    int plan_len = 0;    // max_seq_len given to decode attention: a multiple of 64
+    int max_blocks = 0;  // block table width: ceil(plan_len / block_size)
+    void* arena = nullptr;
+    size_t arena_bytes = 0;
+    size_t scratch_offset = 0;  // scratch starts here in arena
+    MetaLayout meta;
+    ScratchLayout scratch;
+    size_t dec_ws_bytes = 0;
+    cudaGraphExec_t exec = nullptr;
+  };
+
   CudaModelRunner(const ModelConfig& config, const CudaModelRunnerOptions& options);
+  static MetaLayout PlanMeta(int64_t n_tokens, int n_logits, int n_seqs, int max_blocks, int n_dec,
+                             int n_pre);
+  ScratchLayout PlanScratch(int64_t n_tokens, int n_logits, int n_dec, size_t dec_ws_bytes) const;
+  // The graph path of Run (every sequence one token, n_seqs <= kMaxGraphBatch).
+  absl::StatusOr<int> RunGraph(absl::Span<const ForwardSeq> seqs, bool greedy);
+  // (Re)captures `g` for `bucket` sequences and `plan_len`.
+  absl::Status CaptureGraph(DecodeGraph* g, int bucket, int plan_len);
   // FAILED_PRECONDITION / INVALID_ARGUMENT for what the kernels cannot run.
   static absl::Status CheckSupported(const ModelConfig& config,
                                      const CudaModelRunnerOptions& options);
@@ -142,8 +200,13 @@ class CudaModelRunner : public ModelRunner {
   absl::Status ReserveDevice(void** ptr, size_t* capacity, size_t bytes);
   absl::Status ReservePinned(void** ptr, size_t* capacity, size_t bytes);
   // Enqueues the step; Forward synchronizes whatever the outcome.
-  absl::Status Enqueue(int64_t n_tokens, int n_logits, int n_dec, int n_pre, int max_blocks,
-                       int max_dec_len, int max_pre_q, size_t dec_ws_bytes, bool greedy);
+  // `md`/`meta`: device metadata; `sd`/`sl`: scratch. copy_io: copy meta_host_ in first and
+  // the results to logits_host_ last (the eager path); false (graph capture): neither, and the
+  // argmax always runs.
+  absl::Status Enqueue(char* md, const MetaLayout& meta, char* sd, const ScratchLayout& sl,
+                       int64_t n_tokens, int n_logits, int n_dec, int n_pre, int max_blocks,
+                       int max_dec_len, int max_pre_q, size_t dec_ws_bytes, bool greedy,
+                       bool copy_io);
 
   ModelConfig config_;
   CudaModelRunnerOptions options_;
@@ -175,6 +238,18 @@ class CudaModelRunner : public ModelRunner {
   size_t logits_host_capacity_ = 0;
   MetaLayout meta_;
   ScratchLayout scratch_layout_;
+
+  // Decode graphs, one per bucket (index log2(bucket)).
+  std::vector<DecodeGraph> graphs_;
+  GraphStats graph_stats_;
+  bool graph_capture_failed_ = false;
+  // KV copy kernel: block ids staged in pinned memory, copied to the device.
+  void* kv_ids_host_ = nullptr;
+  size_t kv_ids_host_capacity_ = 0;
+  void* kv_ids_dev_ = nullptr;
+  size_t kv_ids_dev_capacity_ = 0;
+  int64_t kv_kernel_copies_ = 0;
+  int64_t kv_memcpy_copies_ = 0;
 
   // Host-side step bookkeeping.
   std::vector<int> order_;         // internal sequence order: 1-token (decode) ones first

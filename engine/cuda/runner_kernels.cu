@@ -65,7 +65,44 @@ __global__ void RmsNormF32ToBf16Kernel(const float* __restrict__ x,
   }
 }
 
+// One CTA per (block, K or V): 16-byte loads and stores over the block.
+__global__ void CopyKvBlocksKernel(uint4* __restrict__ k_cache, uint4* __restrict__ v_cache,
+                                   const int32_t* __restrict__ blocks, int64_t n_blocks,
+                                   int64_t block_vecs, uint4* __restrict__ packed, bool to_packed) {
+  const int64_t i = blockIdx.x;
+  const int part = blockIdx.y;
+  uint4* cache = (part == 0 ? k_cache : v_cache) + static_cast<int64_t>(blocks[i]) * block_vecs;
+  uint4* buf = packed + (part * n_blocks + i) * block_vecs;
+  if (to_packed) {
+    for (int64_t v = threadIdx.x; v < block_vecs; v += blockDim.x) buf[v] = cache[v];
+  } else {
+    for (int64_t v = threadIdx.x; v < block_vecs; v += blockDim.x) cache[v] = buf[v];
+  }
+}
+
 }  // namespace
+
+absl::Status CopyKvBlocks(void* k_cache, void* v_cache, const int32_t* blocks, int64_t n_blocks,
+                          int64_t block_bytes, void* packed, bool to_packed, cudaStream_t stream) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (n_blocks < 0 || n_blocks > kMaxGridX || block_bytes <= 0 || block_bytes % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CopyKvBlocks: n_blocks=", n_blocks, " block_bytes=", block_bytes));
+  }
+  if (n_blocks == 0) return absl::OkStatus();
+  if (k_cache == nullptr || v_cache == nullptr || blocks == nullptr || packed == nullptr) {
+    return absl::InvalidArgumentError("CopyKvBlocks: null pointer");
+  }
+  if (!aligned(k_cache) || !aligned(v_cache) || !aligned(packed)) {
+    return absl::InvalidArgumentError("CopyKvBlocks: buffers must be 16-byte aligned");
+  }
+  const int64_t block_vecs = block_bytes / 16;
+  const int threads = block_vecs >= 512 ? 512 : (block_vecs >= 256 ? 256 : 128);
+  CopyKvBlocksKernel<<<dim3(static_cast<unsigned>(n_blocks), 2), threads, 0, stream>>>(
+      static_cast<uint4*>(k_cache), static_cast<uint4*>(v_cache), blocks, n_blocks, block_vecs,
+      static_cast<uint4*>(packed), to_packed);
+  return LaunchStatus("CopyKvBlocksKernel");
+}
 
 absl::Status EmbeddingGatherF32(const __nv_bfloat16* table, const int32_t* ids, int64_t n_tokens,
                                 int64_t vocab, int64_t dim, float* out, cudaStream_t stream) {

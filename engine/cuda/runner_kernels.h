@@ -24,6 +24,14 @@ absl::Status RmsNormF32ToBf16(const float* x, const int32_t* rows, int64_t n_row
                               const float* weight, float eps, __nv_bfloat16* out,
                               cudaStream_t stream);
 
+// Gathers (to_packed) or scatters one layer's KV blocks in one launch:
+// packed = [K of blocks[0..n), V of blocks[0..n)], each block `block_bytes` bytes, block i of
+// the K (V) cache at k_cache (v_cache) + blocks[i] * block_bytes. `blocks` is device memory
+// (int32, validated on the host); block_bytes, the caches and `packed` must be multiples of /
+// aligned to 16 bytes. `packed` must be device-accessible.
+absl::Status CopyKvBlocks(void* k_cache, void* v_cache, const int32_t* blocks, int64_t n_blocks,
+                          int64_t block_bytes, void* packed, bool to_packed, cudaStream_t stream);
+
 }  // namespace tandem::cuda
 
 #endif  // TANDEM_ENGINE_CUDA_RUNNER_KERNELS_H_

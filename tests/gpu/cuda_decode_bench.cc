@@ -4,10 +4,12 @@
 // (ForwardGreedy: no logits to the host). Times decode steps at batch 1, 64 and 256 with a
 // steady clock (each step ends with a stream synchronize) after warm-up, and compares batch
 // 1 with the weight-read floor: bytes one step must read / the device-to-device copy
-// bandwidth measured here (read + write bytes, as kernels_bench counts it).
+// bandwidth measured here (read + write bytes, as kernels_bench counts it). Every batch is
+// timed twice over the same positions: eager (every kernel launched one by one) and with
+// CUDA graphs (CudaModelRunnerOptions::use_cuda_graphs; the first warm-up step captures).
 //
 // Usage: cuda_decode_bench [--preset=llama3-8b] [--context=512] [--steps=30] [--warmup=3]
-//                          [--batches=1,64,256]
+//                          [--batches=1,64,256] [--graphs=both|on|off]
 // Lines starting "[ decode   ]" are the summary. Exit 1 on any error, 0 otherwise.
 #include <cuda_runtime_api.h>
 
@@ -36,6 +38,7 @@ struct Flags {
   int steps = 30;
   int warmup = 3;
   std::vector<int> batches = {1, 64, 256};
+  std::string graphs = "both";
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -53,6 +56,9 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       if (!absl::SimpleAtoi(v, &f->steps)) return false;
     } else if (const char* v = value("--warmup=")) {
       if (!absl::SimpleAtoi(v, &f->warmup)) return false;
+    } else if (const char* v = value("--graphs=")) {
+      f->graphs = v;
+      if (f->graphs != "both" && f->graphs != "on" && f->graphs != "off") return false;
     } else if (const char* v = value("--batches=")) {
       f->batches.clear();
       for (absl::string_view part : absl::StrSplit(v, ',')) {
@@ -199,35 +205,56 @@ int Run(const Flags& flags) {
       if (s.ok()) cur = next;
       return s;
     };
-    int pos = flags.context;
-    for (int w = 0; w < flags.warmup; ++w) {
-      const absl::Status s = step(pos++);
-      if (!s.ok()) {
-        std::fprintf(stderr, "decode batch %d: %s\n", batch, s.ToString().c_str());
-        return 1;
+    // Both modes decode the same positions (the second rewrites the first's KV slots).
+    const std::vector<int32_t> cur0 = cur;
+    std::vector<bool> modes;
+    if (flags.graphs != "on") modes.push_back(false);
+    if (flags.graphs != "off") modes.push_back(true);
+    double eager_ms = -1, graph_ms = -1;
+    for (const bool graphs : modes) {
+      runner.set_use_cuda_graphs(graphs);
+      cur = cur0;
+      int pos = flags.context;
+      for (int w = 0; w < flags.warmup; ++w) {
+        const absl::Status s = step(pos++);
+        if (!s.ok()) {
+          std::fprintf(stderr, "decode batch %d: %s\n", batch, s.ToString().c_str());
+          return 1;
+        }
       }
-    }
-    const int first_timed = pos;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int s = 0; s < flags.steps; ++s) {
-      const absl::Status st = step(pos++);
-      if (!st.ok()) {
-        std::fprintf(stderr, "decode batch %d: %s\n", batch, st.ToString().c_str());
-        return 1;
+      const CudaModelRunner::GraphStats before = runner.graph_stats();
+      const int first_timed = pos;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int s = 0; s < flags.steps; ++s) {
+        const absl::Status st = step(pos++);
+        if (!st.ok()) {
+          std::fprintf(stderr, "decode batch %d: %s\n", batch, st.ToString().c_str());
+          return 1;
+        }
       }
+      const double step_s = Seconds(t0) / flags.steps;
+      const CudaModelRunner::GraphStats& after = runner.graph_stats();
+      // Mean context over the timed steps (keys read per sequence and layer).
+      const double ctx = first_timed + (flags.steps - 1) / 2.0 + 1;
+      const double kv_bytes = static_cast<double>(batch) * ctx * c.n_layers * 2 * kv_dim * 2;
+      const double bytes = step_weight_bytes + 2.0 * batch * hidden + kv_bytes;
+      const double floor_s = bytes / copy_bw;
+      std::printf(
+          "[ decode   ] batch %3d ctx %d %-9s: %7.3f ms/step, %8.1f tokens/s; reads %.2f GB/step "
+          "(weights %.2f + KV %.2f) -> floor %.3f ms at copy bandwidth, %.2fx floor, %.0f GB/s; "
+          "graph launches %lld, captures %lld in the timed steps%s\n",
+          batch, first_timed, graphs ? "graphs" : "no-graphs", 1e3 * step_s, batch / step_s,
+          bytes / 1e9, step_weight_bytes / 1e9, kv_bytes / 1e9, 1e3 * floor_s, step_s / floor_s,
+          bytes / step_s / 1e9, static_cast<long long>(after.launches - before.launches),
+          static_cast<long long>(after.captures - before.captures),
+          batch == 1 ? " (target <= 1.2x)" : "");
+      (graphs ? graph_ms : eager_ms) = 1e3 * step_s;
+      std::fflush(stdout);
     }
-    const double step_s = Seconds(t0) / flags.steps;
-    // Mean context over the timed steps (keys read per sequence and layer).
-    const double ctx = first_timed + (flags.steps - 1) / 2.0 + 1;
-    const double kv_bytes = static_cast<double>(batch) * ctx * c.n_layers * 2 * kv_dim * 2;
-    const double bytes = step_weight_bytes + 2.0 * batch * hidden + kv_bytes;
-    const double floor_s = bytes / copy_bw;
-    std::printf(
-        "[ decode   ] batch %3d ctx %d: %7.3f ms/step, %8.1f tokens/s; reads %.2f GB/step "
-        "(weights %.2f + KV %.2f) -> floor %.3f ms at copy bandwidth, %.2fx floor, %.0f GB/s%s\n",
-        batch, first_timed, 1e3 * step_s, batch / step_s, bytes / 1e9, step_weight_bytes / 1e9,
-        kv_bytes / 1e9, 1e3 * floor_s, step_s / floor_s, bytes / step_s / 1e9,
-        batch == 1 ? " (target <= 1.2x)" : "");
+    if (eager_ms > 0 && graph_ms > 0) {
+      std::printf("[ decode   ] batch %3d: CUDA graphs %.3f ms/step vs eager %.3f ms/step: %.2fx\n",
+                  batch, graph_ms, eager_ms, eager_ms / graph_ms);
+    }
     if (prefill_ms >= 0) {
       std::printf("[ decode   ] prefill 1 x %d tokens: %.2f ms (%.1f TFLOP/s in the layer GEMMs)\n",
                   flags.context, prefill_ms,
@@ -247,7 +274,7 @@ int main(int argc, char** argv) {
   if (!tandem::ParseFlags(argc, argv, &flags)) {
     std::fprintf(stderr,
                  "usage: %s [--preset=llama3-8b] [--context=512] [--steps=30] [--warmup=3] "
-                 "[--batches=1,64,256]\n",
+                 "[--batches=1,64,256] [--graphs=both|on|off]\n",
                  argv[0]);
     return 2;
   }

@@ -134,7 +134,7 @@ if [[ -n $errs ]]; then
     sort -g | tail -3 | cut -d' ' -f2- | sed 's/^/  /'
 fi
 # The CUDA model runner: synthetic-model errors, golden continuations, decode throughput.
-grep -h -E '^\[ (synth|golden|bench) +\]' "$logs"/cuda_engine_test.log 2>/dev/null
+grep -h -E '^\[ (synth|golden|bench|graphs|kvcopy) +\]' "$logs"/cuda_engine_test.log 2>/dev/null
 # KV transports: NCCL to self, CUDA IPC between processes, the prefill -> decode hand-off.
 grep -h -E '^\[ (nccl|ipc) +\]' "$logs"/nccl_transport_test.log "$logs"/cuda_ipc_test.log 2>/dev/null
 if [[ -f $logs/cuda_decode_bench.log ]]; then
