@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/backoff.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -62,20 +63,6 @@ template <typename T>
 std::string_view AsBytes(const T& v) {
   return std::string_view(reinterpret_cast<const char*>(&v), sizeof(T));
 }
-
-class Backoff {
- public:
-  void Wait() {
-    if (++rounds_ < 1000) {
-      std::this_thread::yield();
-    } else {
-      absl::SleepFor(absl::Microseconds(20));
-    }
-  }
-
- private:
-  int rounds_ = 0;
-};
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/backoff.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -29,22 +30,6 @@ std::string NcclMessage(ncclResult_t result, ncclComm_t comm) {
   if (last != nullptr && *last != '\0') absl::StrAppend(&s, ": ", last);
   return s;
 }
-
-// Polls without burning a core for long: yields for the first ~thousand rounds (transfers of
-// a layer take microseconds to milliseconds), then sleeps briefly.
-class Backoff {
- public:
-  void Wait() {
-    if (++rounds_ < 1000) {
-      std::this_thread::yield();
-    } else {
-      absl::SleepFor(absl::Microseconds(20));
-    }
-  }
-
- private:
-  int rounds_ = 0;
-};
 
 }  // namespace
 
