@@ -233,8 +233,7 @@ absl::StatusOr<Engine::Reservation> Engine::Reserve(GenerationRequest request,
   reservation.id = seq->id;
   reservation.blocks = kv_cache_->BlockTable(seq->id);
   reservation.deadline = deadline;
-  reservation_deadlines_[seq->id] = deadline;
-  reserved_[seq->id] = std::move(seq);
+  reserved_[seq->id] = {std::move(seq), deadline};
   return reservation;
 }
 
@@ -249,9 +248,8 @@ absl::Status Engine::AdmitPrefilled(RequestId id, int32_t first_token) {
     return absl::InvalidArgumentError(
         absl::StrFormat("first token %d is outside the vocabulary", first_token));
   }
-  std::unique_ptr<Sequence> seq = std::move(it->second);
+  std::unique_ptr<Sequence> seq = std::move(it->second.seq);
   reserved_.erase(it);
-  reservation_deadlines_.erase(id);
   // The prompt's KV arrived; blocks that became full are shareable like locally computed ones.
   seq->num_computed = seq->num_prompt_tokens;
   kv_cache_->CommitTokens(id, seq->tokens, seq->num_computed);
@@ -266,14 +264,13 @@ absl::Status Engine::AdmitPrefilled(RequestId id, int32_t first_token) {
 
 void Engine::CancelReservation(RequestId id) {
   if (reserved_.erase(id) == 0) return;
-  reservation_deadlines_.erase(id);
   kv_cache_->Free(id);
 }
 
 void Engine::ExpireReservations(absl::Time now) {
   std::vector<RequestId> expired;
-  for (const auto& [id, deadline] : reservation_deadlines_) {
-    if (deadline <= now) expired.push_back(id);
+  for (const auto& [id, pending] : reserved_) {
+    if (pending.deadline <= now) expired.push_back(id);
   }
   for (RequestId id : expired) Abort(id);
 }
@@ -327,7 +324,7 @@ FinishReason Engine::AppendToken(Sequence& seq, int32_t token, RequestOutput& ou
 }
 
 absl::StatusOr<std::vector<RequestOutput>> Engine::Step() {
-  if (!reservation_deadlines_.empty()) ExpireReservations(absl::Now());
+  if (!reserved_.empty()) ExpireReservations(absl::Now());
   std::vector<RequestOutput> outputs = std::move(pending_outputs_);
   pending_outputs_.clear();
 

@@ -142,8 +142,11 @@ class Engine {
   int32_t max_context_ = 0;
   RequestId next_id_ = 1;
   std::vector<RequestOutput> pending_outputs_;  // reported by the next Step
-  absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> reserved_;  // awaiting their KV
-  absl::flat_hash_map<RequestId, absl::Time> reservation_deadlines_;
+  struct PendingReservation {
+    std::unique_ptr<Sequence> seq;
+    absl::Time deadline;
+  };
+  absl::flat_hash_map<RequestId, PendingReservation> reserved_;  // awaiting their KV
   std::vector<float> logits_;  // [n_sampled, vocab]
   std::vector<ForwardSeq> forward_seqs_;
   EngineStats stats_;
