@@ -233,7 +233,7 @@ absl::StatusOr<Engine::Reservation> Engine::Reserve(GenerationRequest request,
   reservation.id = seq->id;
   reservation.blocks = kv_cache_->BlockTable(seq->id);
   reservation.deadline = deadline;
-  reserved_[seq->id] = {std::move(seq), deadline};
+  reserved_[reservation.id] = {std::move(seq), deadline};
   return reservation;
 }
 
