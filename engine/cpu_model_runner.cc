@@ -12,6 +12,12 @@
 #include "kernels/cpu/quant.h"
 
 namespace tandem {
+namespace {
+
+// Tokens per pass through the MLP; large enough to keep the matmuls compute-bound.
+constexpr int64_t kMlpChunkTokens = 256;
+
+}  // namespace
 
 CpuModelRunner::CpuModelRunner(const ModelWeights& weights, const CpuModelRunnerOptions& options)
     : weights_(weights), options_(options), pool_(options.num_threads) {
@@ -81,8 +87,8 @@ absl::Status CpuModelRunner::Forward(absl::Span<const ForwardSeq> seqs,
   k_.resize(n_tokens * kv_dim);
   v_.resize(n_tokens * kv_dim);
   attn_.resize(n_tokens * q_dim);
-  gate_.resize(n_tokens * c.ffn_dim);
-  up_.resize(n_tokens * c.ffn_dim);
+  gate_.resize(std::min(n_tokens, kMlpChunkTokens) * c.ffn_dim);
+  up_.resize(std::min(n_tokens, kMlpChunkTokens) * c.ffn_dim);
   positions_.resize(n_tokens);
   slots_.resize(n_tokens);
 
@@ -151,10 +157,15 @@ void CpuModelRunner::Layer(int layer, int64_t n_tokens) {
 
   // SwiGLU MLP.
   RmsNorm(x_.data(), w.ffn_norm.data(), n_tokens, hidden, c.rms_norm_eps, h_.data());
-  MatMul(w.w_gate, h_.data(), n_tokens, gate_.data());
-  MatMul(w.w_up, h_.data(), n_tokens, up_.data());
-  SiluMul(gate_.data(), up_.data(), n_tokens * c.ffn_dim, gate_.data());
-  MatMul(w.w_down, gate_.data(), n_tokens, h_.data());
+  // In chunks of tokens: the [tokens, ffn] intermediates are the largest buffers of a long
+  // prefill, and rows are independent (MatMul gives a row the same result in any batch).
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kMlpChunkTokens) {
+    const int64_t n = std::min(kMlpChunkTokens, n_tokens - t0);
+    MatMul(w.w_gate, h_.data() + t0 * hidden, n, gate_.data());
+    MatMul(w.w_up, h_.data() + t0 * hidden, n, up_.data());
+    SiluMul(gate_.data(), up_.data(), n * c.ffn_dim, gate_.data());
+    MatMul(w.w_down, gate_.data(), n, h_.data() + t0 * hidden);
+  }
   AddInPlace(x_.data(), h_.data(), n_tokens * hidden);
 }
 

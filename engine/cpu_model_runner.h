@@ -63,8 +63,8 @@ class CpuModelRunner : public ModelRunner {
   std::vector<float> k_;       // [T, n_kv_heads * head_dim]
   std::vector<float> v_;       // [T, n_kv_heads * head_dim]
   std::vector<float> attn_;    // [T, n_heads * head_dim]
-  std::vector<float> gate_;    // [T, ffn]
-  std::vector<float> up_;      // [T, ffn]
+  std::vector<float> gate_;    // [min(T, kMlpChunkTokens), ffn]
+  std::vector<float> up_;      // [min(T, kMlpChunkTokens), ffn]
   std::vector<int32_t> positions_;  // [T]
   std::vector<int64_t> slots_;      // [T]
   std::vector<AttentionSeq> attention_seqs_;
