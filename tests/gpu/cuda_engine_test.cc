@@ -40,6 +40,7 @@
 #include "engine/model_weights.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/gpu/gpu_test_util.h"
 #include "tests/testing/test_env.h"
 
 namespace tandem {
@@ -51,14 +52,6 @@ constexpr double kMaxRelL2 = 3e-2;
 constexpr double kMaxRelElement = 5e-2;
 constexpr float kNearTieGap = 0.25f;
 constexpr float kMaxTop20Diff = 1.0f;  // sanity bound; bf16 gives ~0.1
-
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device visible"
 
 // ---- (a) synthetic models against the CPU runner ---------------------------------------
 

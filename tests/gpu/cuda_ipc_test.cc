@@ -47,25 +47,12 @@
 #include "kvtransfer/cuda/cuda_ipc_transport.h"
 #include "kvtransfer/cuda/framed_socket.h"
 #include "nlohmann/json.hpp"
+#include "tests/gpu/gpu_test_util.h"
 
 extern char** environ;
 
 namespace tandem {
 namespace {
-
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device visible"
-
-#define ASSERT_CUDA_OK(expr)                                                                 \
-  do {                                                                                       \
-    const cudaError_t tandem_err_ = (expr);                                                  \
-    ASSERT_EQ(tandem_err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(tandem_err_); \
-  } while (0)
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -24,35 +24,14 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "tests/gpu/gpu_test_util.h"
 
 extern char** environ;
 
 namespace tandem {
 namespace {
 
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device visible"
-
-#define ASSERT_CUDA_OK(expr)                                                                 \
-  do {                                                                                       \
-    const cudaError_t tandem_err_ = (expr);                                                  \
-    ASSERT_EQ(tandem_err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(tandem_err_); \
-  } while (0)
-
 constexpr char kChildEnv[] = "TANDEM_NCCL_TEST_CHILD";
-
-uint32_t Seed() {
-  const char* env = std::getenv("TANDEM_TEST_SEED");
-  const uint32_t seed = env != nullptr ? static_cast<uint32_t>(std::strtoul(env, nullptr, 10))
-                                       : std::random_device{}();
-  std::printf("[ seed     ] TANDEM_TEST_SEED=%u\n", seed);
-  return seed;
-}
 
 // Owns a device allocation.
 struct DeviceBytes {
@@ -99,7 +78,7 @@ TEST(NcclTransportTest, SelfSendRecvKvLayers) {
   EXPECT_EQ(nccl.kind(), TransportKind::kNccl);
   EXPECT_EQ(nccl.memory(), MemoryKind::kDevice);
 
-  std::mt19937 rng(Seed());
+  std::mt19937 rng(cuda::testing::TestSeed());
   std::vector<uint32_t> words(kTotal / 4);
   for (uint32_t& w : words) w = rng();
   DeviceBytes src(kTotal), dst(kTotal);
