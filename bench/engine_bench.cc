@@ -10,6 +10,7 @@
 #include <thread>
 #include <algorithm>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -180,6 +181,11 @@ absl::Status BenchEngine(const Args& args) {
 }  // namespace
 
 int RunBench(int argc, char** argv, int begin) {
+#ifdef TANDEM_WITH_GRPC
+  if (begin < argc && std::string_view(argv[begin]) == "serve") {
+    return RunBenchServe(argc, argv, begin + 1);
+  }
+#endif
   std::vector<FlagSpec> specs = EngineFlagSpecs();
   specs.insert(specs.end(), {
       {"reps", false, "repetitions of each prefill (median reported; default 3)"},
@@ -190,7 +196,7 @@ int RunBench(int argc, char** argv, int begin) {
   absl::StatusOr<Args> args = Args::Parse(argc, argv, begin, specs);
   if (!args.ok()) return Fail(args.status());
   if (args->positional().empty() || args->positional()[0] != "engine") {
-    std::fprintf(stderr, "usage: tandem bench engine [flags]\n\n%s", Args::Usage(specs).c_str());
+    std::fprintf(stderr, "usage: tandem bench engine|serve [flags]\n\n%s", Args::Usage(specs).c_str());
     return 2;
   }
   SetMinLogSeverity(LogSeverity::kWarning);

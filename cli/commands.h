@@ -6,20 +6,19 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "cli/args.h"
+#include "common/args.h"
 #include "engine/engine.h"
+#include "engine/engine_flags.h"
 
 namespace tandem::cli {
 
 int RunGenerate(int argc, char** argv, int begin);
 int RunModel(int argc, char** argv, int begin);
-int RunBench(int argc, char** argv, int begin);  // bench/
-
-// Flags every engine-backed command accepts (--model, --threads, --kv-cache-mb, ...).
-std::vector<FlagSpec> EngineFlagSpecs();
-absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args);
-// --model default|PATH, resolved to a file.
-absl::StatusOr<std::string> ModelPathFromArgs(const Args& args);
+int RunBench(int argc, char** argv, int begin);  // bench/: `bench engine`, `bench serve`
+#ifdef TANDEM_WITH_GRPC
+int RunClient(int argc, char** argv, int begin);      // cli/client_command.cc
+int RunBenchServe(int argc, char** argv, int begin);  // bench/serving_bench.cc
+#endif
 
 // Prints `status` as "tandem: <message>" to stderr and returns 1 (2 for usage errors).
 int Fail(const absl::Status& status);

@@ -115,7 +115,10 @@ absl::Status CpuModelRunner::Forward(absl::Span<const ForwardSeq> seqs,
     }
   }
 
-  for (int l = 0; l < c.n_layers; ++l) Layer(l, n_tokens);
+  for (int l = 0; l < c.n_layers; ++l) {
+    Layer(l, n_tokens);
+    NotifyLayerDone(l);
+  }
 
   // Final norm and LM head for the last fed token of each sequence that wants logits.
   logits->resize(n_logits * c.vocab_size);

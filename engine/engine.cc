@@ -262,6 +262,12 @@ absl::Status Engine::AdmitPrefilled(RequestId id, int32_t first_token) {
   return absl::OkStatus();
 }
 
+std::vector<RequestOutput> Engine::TakePendingOutputs() {
+  std::vector<RequestOutput> outputs = std::move(pending_outputs_);
+  pending_outputs_.clear();
+  return outputs;
+}
+
 void Engine::CancelReservation(RequestId id) {
   if (reserved_.erase(id) == 0) return;
   kv_cache_->Free(id);
@@ -345,7 +351,31 @@ absl::StatusOr<std::vector<RequestOutput>> Engine::Step() {
           std::min(s.start_pos + s.num_tokens, s.seq->num_prompt_tokens) - s.start_pos;
     }
   }
-  RETURN_IF_ERROR(runner_->Forward(forward_seqs_, &logits_));
+  kv_ready_.clear();
+  if (kv_layer_hook_) {
+    for (size_t i = 0; i < sched.seqs.size(); ++i) {
+      const ScheduledSeq& s = sched.seqs[i];
+      if (!s.seq->params.hold_kv || !s.sample) continue;
+      const int32_t n = s.seq->num_prompt_tokens;
+      const int64_t num_blocks = (n + options_.block_size - 1) / options_.block_size;
+      kv_ready_.push_back({s.seq->id, forward_seqs_[i].block_table.subspan(0, num_blocks), n});
+    }
+  }
+  int layers_reported = 0;
+  if (!kv_ready_.empty()) {
+    runner_->set_layer_done_callback([&](int layer) {
+      kv_layer_hook_(layer, kv_ready_);
+      layers_reported = layer + 1;
+    });
+  }
+  absl::Status forward = runner_->Forward(forward_seqs_, &logits_);
+  if (!kv_ready_.empty()) {
+    runner_->set_layer_done_callback(nullptr);
+    if (forward.ok()) {
+      for (int l = layers_reported; l < config().n_layers; ++l) kv_layer_hook_(l, kv_ready_);
+    }
+  }
+  RETURN_IF_ERROR(forward);
   scheduler_->OnStepDone(sched);
   ++stats_.steps;
 

@@ -92,6 +92,21 @@ class Engine {
   // deadline). Full blocks stay in the prefix cache.
   void ReleaseKv(RequestId id);
 
+  // A hold_kv request whose prompt completes in the current step: its KV of one layer is in
+  // `blocks` (token order, ceil(num_tokens / block_size) of them) once the hook is called.
+  struct KvLayerReady {
+    RequestId id = 0;
+    absl::Span<const int32_t> blocks;  // valid during the call; copy to keep
+    int32_t num_tokens = 0;
+  };
+  // Called on the engine thread during Step, once per layer in increasing order, as soon
+  // as the runner has written that layer for every hold_kv request whose prompt completes
+  // in this step (the first token is sampled at the end of the same step). Layer l's
+  // blocks of those requests are not written again until ReleaseKv, so another thread may
+  // read them while the step computes layer l + 1.
+  using KvLayerHook = std::function<void(int layer, absl::Span<const KvLayerReady> ready)>;
+  void SetKvLayerHook(KvLayerHook hook) { kv_layer_hook_ = std::move(hook); }
+
   // --- Disaggregation, decode side ---
   struct Reservation {
     RequestId id = 0;
@@ -108,6 +123,10 @@ class Engine {
   absl::Status AdmitPrefilled(RequestId id, int32_t first_token);
   // Frees a reservation whose transfer failed or was cancelled.
   void CancelReservation(RequestId id);
+  // Outputs produced between steps (the first token of an admitted request, aborts), which
+  // the next Step would otherwise return: a decode worker streams the first token at once
+  // instead of one decode step later.
+  std::vector<RequestOutput> TakePendingOutputs();
 
   // The backend, for moving KV in and out of its cache (engine thread only).
   ModelRunner& runner() { return *runner_; }
@@ -116,6 +135,7 @@ class Engine {
   absl::StatusOr<std::vector<float>> PromptLogits(const std::vector<int32_t>& tokens);
 
   const ModelConfig& config() const;
+  const EngineOptions& options() const { return options_; }
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
   const ChatTemplate* chat_template() const { return chat_template_.get(); }
   const KvCacheManager& kv_cache() const { return *kv_cache_; }
@@ -147,6 +167,8 @@ class Engine {
     absl::Time deadline;
   };
   absl::flat_hash_map<RequestId, PendingReservation> reserved_;  // awaiting their KV
+  KvLayerHook kv_layer_hook_;
+  std::vector<KvLayerReady> kv_ready_;  // this step's hold_kv requests completing their prompt
   std::vector<float> logits_;  // [n_sampled, vocab]
   std::vector<ForwardSeq> forward_seqs_;
   EngineStats stats_;

@@ -5,6 +5,8 @@
 #define TANDEM_ENGINE_MODEL_RUNNER_H_
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -45,6 +47,22 @@ class ModelRunner {
   virtual absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) = 0;
   virtual absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks,
                                     const void* src) = 0;
+
+  // Called by Forward, on its thread, once layer `layer`'s KV of the whole batch is in the
+  // cache (layers in increasing order), so a prefill worker can stream a layer while the
+  // next one computes. Runners that cannot tell report nothing; Engine reports the
+  // remaining layers after Forward returns. Empty: no calls.
+  void set_layer_done_callback(std::function<void(int layer)> callback) {
+    layer_done_ = std::move(callback);
+  }
+
+ protected:
+  void NotifyLayerDone(int layer) {
+    if (layer_done_) layer_done_(layer);
+  }
+
+ private:
+  std::function<void(int layer)> layer_done_;
 };
 
 // Checks shared by every runner, so each backend refuses a bad batch the same way

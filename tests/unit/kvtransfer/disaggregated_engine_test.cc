@@ -198,3 +198,52 @@ TEST(DisaggregatedEngineTest, HoldKvRequestsGenerateOneToken) {
 
 }  // namespace
 }  // namespace tandem
+
+namespace tandem {
+namespace {
+
+// The layer hook fires once per layer, in order, during the step that completes a held
+// prompt, with the blocks HeldBlocks reports afterwards; chunked prompts report only at
+// their last chunk, and requests that do not hold their KV never.
+TEST(DisaggregatedEngineTest, KvLayerHookReportsEveryLayerOfCompletingPrompts) {
+  absl::StatusOr<ModelConfig> config = ModelConfig::Preset("tiny");
+  ASSERT_TRUE(config.ok());
+  EngineOptions options;
+  options.num_threads = 1;
+  options.num_kv_blocks = 64;
+  options.max_batch_tokens = 32;  // the 70-token prompt takes three steps
+  auto engine = Engine::Create(ModelWeights::Synthetic(*config, GgmlType::kQ8_0, kSeed),
+                               nullptr, nullptr, options);
+  ASSERT_TRUE(engine.ok());
+  std::map<RequestId, std::vector<int>> layers;
+  std::map<RequestId, std::vector<int32_t>> blocks;
+  int64_t step_of_report = -1;
+  (*engine)->SetKvLayerHook([&](int layer, absl::Span<const Engine::KvLayerReady> ready) {
+    for (const Engine::KvLayerReady& r : ready) {
+      layers[r.id].push_back(layer);
+      blocks[r.id].assign(r.blocks.begin(), r.blocks.end());
+      EXPECT_EQ(r.num_tokens, 70);
+    }
+    step_of_report = (*engine)->stats().steps;
+  });
+  GenerationRequest held = Greedy(70, 1);
+  held.params.hold_kv = true;
+  auto held_id = (*engine)->AddRequest(held);
+  auto plain_id = (*engine)->AddRequest(Greedy(20, 4));
+  ASSERT_TRUE(held_id.ok() && plain_id.ok());
+  std::vector<int32_t> tokens = Drain(**engine, *held_id);
+  EXPECT_EQ(tokens.size(), 1u);
+  EXPECT_EQ(step_of_report, 2);  // the third step (stats count it after Forward)
+  std::vector<int> expected(config->n_layers);
+  for (int l = 0; l < config->n_layers; ++l) expected[l] = l;
+  EXPECT_EQ(layers[*held_id], expected);
+  EXPECT_FALSE(layers.contains(*plain_id));
+  auto held_blocks = (*engine)->HeldBlocks(*held_id);
+  ASSERT_TRUE(held_blocks.ok());
+  EXPECT_EQ(blocks[*held_id], *held_blocks);
+  EXPECT_EQ(held_blocks->size(), 5u);  // ceil(70 / 16)
+  (*engine)->ReleaseKv(*held_id);
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,11 +1,9 @@
-#include <cstdio>
+#include "engine/engine_flags.h"
 
-#include "absl/strings/str_format.h"
-#include "cli/commands.h"
 #include "common/status_macros.h"
 #include "engine/model_store.h"
 
-namespace tandem::cli {
+namespace tandem {
 
 std::vector<FlagSpec> EngineFlagSpecs() {
   return {
@@ -48,9 +46,4 @@ absl::StatusOr<std::string> ModelPathFromArgs(const Args& args) {
   return ResolveModelPath(args.GetString("model", "default"));
 }
 
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "tandem: %s\n", std::string(status.message()).c_str());
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-}
-
-}  // namespace tandem::cli
+}  // namespace tandem

@@ -1,10 +1,10 @@
-#include "cli/args.h"
+#include "common/args.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace tandem::cli {
+namespace tandem {
 
 absl::StatusOr<Args> Args::Parse(int argc, char** argv, int begin,
                                  const std::vector<FlagSpec>& specs) {
@@ -83,4 +83,4 @@ std::string Args::Usage(const std::vector<FlagSpec>& specs) {
   return out;
 }
 
-}  // namespace tandem::cli
+}  // namespace tandem

@@ -1,7 +1,7 @@
-// A small command-line parser for tandem's subcommands: `--name value`, `--name=value`,
+// A small command-line parser for tandem's commands and servers: `--name value`, `--name=value`,
 // boolean `--name`, repeated flags, and positional words. Unknown flags are errors.
-#ifndef TANDEM_CLI_ARGS_H_
-#define TANDEM_CLI_ARGS_H_
+#ifndef TANDEM_COMMON_ARGS_H_
+#define TANDEM_COMMON_ARGS_H_
 
 #include <cstdint>
 #include <map>
@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace tandem::cli {
+namespace tandem {
 
 struct FlagSpec {
   std::string name;  // without the dashes
@@ -41,6 +41,6 @@ class Args {
   std::vector<std::string> positional_;
 };
 
-}  // namespace tandem::cli
+}  // namespace tandem
 
-#endif  // TANDEM_CLI_ARGS_H_
+#endif  // TANDEM_COMMON_ARGS_H_

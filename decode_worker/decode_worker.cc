@@ -1,0 +1,442 @@
+#include "decode_worker/decode_worker.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/logging.h"
+#include "common/strings.h"
+#include "kvtransfer/layer_receiver.h"
+#include "kvtransfer/tcp_transport.h"
+#include "service/convert.h"
+#include "service/grpc_status.h"
+
+namespace tandem {
+namespace {
+
+// How often blocked handlers look at their call's cancellation.
+constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
+// The engine frees a reservation itself this long after the worker's deadline, a safety
+// net only: the worker enforces its deadlines first, knowing which blocks a transfer writes.
+constexpr absl::Duration kEngineDeadlineSlack = absl::Minutes(1);
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options)
+    : options_(options) {
+  runner_ = &engine->runner();
+  layout_ = KvLayout::For(engine->config(), runner_->block_size(),
+                          engine->options().kv_dtype);
+  loop_ = std::make_unique<EngineLoop>(
+      std::move(engine),
+      [this](Engine& e, std::vector<RequestOutput>& outputs) { OnOutputs(e, outputs); },
+      [this](Engine& e) { OnTick(e); });
+}
+
+DecodeWorker::~DecodeWorker() { Stop(); }
+
+void DecodeWorker::set_address(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  address_ = address;
+}
+
+void DecodeWorker::Start() { loop_->Start(); }
+void DecodeWorker::Stop() { loop_->Stop(); }
+
+v1::WorkerLoad DecodeWorker::Load() const {
+  v1::WorkerLoad load = WorkerLoadFromStats(loop_->stats());
+  absl::MutexLock lock(&mu_);
+  int waiting = 0;
+  for (const auto& [id, ticket] : tickets_) {
+    if (ticket->state == Ticket::State::kReserved || ticket->state == Ticket::State::kReceiving) {
+      ++waiting;
+    }
+  }
+  load.set_waiting_sequences(load.waiting_sequences() + waiting);
+  return load;
+}
+
+int DecodeWorker::num_requests() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(tickets_.size());
+}
+
+std::shared_ptr<DecodeWorker::Ticket> DecodeWorker::FindTicket(uint64_t ticket_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tickets_.find(ticket_id);
+  return it == tickets_.end() ? nullptr : it->second;
+}
+
+grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
+                                   const v1::ReserveRequest* request,
+                                   v1::ReserveResponse* response) {
+  GenerationRequest generation;
+  generation.prompt_tokens.assign(request->prompt_token_ids().begin(),
+                                  request->prompt_token_ids().end());
+  generation.params = GenerationParamsFromProto(request->sampling());
+  const double deadline_s = request->deadline_s() > 0 ? request->deadline_s() : 30.0;
+  auto ticket = std::make_shared<Ticket>();
+  ticket->request_id = request->request_id();
+  ticket->local = request->prefill_locally();
+  ticket->num_prompt_tokens = static_cast<int32_t>(generation.prompt_tokens.size());
+  ticket->reserved_at = absl::Now();
+  ticket->deadline = ticket->reserved_at + absl::Seconds(std::min(deadline_s, 3600.0));
+  std::string address;
+  {
+    absl::MutexLock lock(&mu_);
+    ticket->id = next_ticket_++;
+    address = address_;
+  }
+
+  // The engine validates and reserves (or, local, queues the request) on its thread; the
+  // ticket is registered there too, so no output can come before the ticket exists.
+  absl::Status status = loop_->Call([&](Engine& engine) -> absl::Status {
+    RequestId id = 0;
+    if (ticket->local) {
+      absl::StatusOr<RequestId> added = engine.AddRequest(std::move(generation));
+      if (!added.ok()) return added.status();
+      id = *added;
+      ticket->state = Ticket::State::kRunning;
+    } else {
+      absl::StatusOr<Engine::Reservation> reservation =
+          engine.Reserve(std::move(generation), ticket->deadline + kEngineDeadlineSlack);
+      if (!reservation.ok()) return reservation.status();
+      id = reservation->id;
+      ticket->blocks = std::move(reservation->blocks);
+    }
+    ticket->engine_id = id;
+    absl::MutexLock lock(&mu_);
+    tickets_[ticket->id] = ticket;
+    by_engine_id_[id] = ticket;
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return ToGrpcStatus(status);
+
+  v1::Ticket* out = response->mutable_ticket();
+  out->set_request_id(ticket->request_id);
+  out->set_ticket_id(ticket->id);
+  out->set_decode_address(address);
+  out->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeWorker::Stream(grpc::ServerContext* context,
+                                  const v1::DecodeStreamRequest* request,
+                                  grpc::ServerWriter<v1::DecodeEvent>* writer) {
+  std::shared_ptr<Ticket> ticket = FindTicket(request->ticket_id());
+  if (ticket == nullptr) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        Cat("no ticket ", request->ticket_id(),
+                            " (never reserved, cancelled or expired)"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (ticket->stream_open) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          Cat("ticket ", ticket->id, " already has a stream"));
+    }
+    ticket->stream_open = true;
+  }
+  std::vector<v1::DecodeEvent> batch;
+  while (true) {
+    bool done = false;
+    absl::Status error;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return !ticket->events.empty() || ticket->state == Ticket::State::kDone;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&ready), kPollInterval);
+      batch.assign(std::make_move_iterator(ticket->events.begin()),
+                   std::make_move_iterator(ticket->events.end()));
+      ticket->events.clear();
+      done = ticket->state == Ticket::State::kDone;
+      error = ticket->error;
+    }
+    if (context->IsCancelled()) {
+      CancelTicket(ticket->id);
+      CloseStream(*ticket);
+      return grpc::Status::CANCELLED;
+    }
+    for (const v1::DecodeEvent& event : batch) {
+      if (!writer->Write(event)) {
+        CancelTicket(ticket->id);
+        CloseStream(*ticket);
+        return grpc::Status::CANCELLED;
+      }
+    }
+    if (done) {
+      absl::MutexLock lock(&mu_);
+      if (ticket->events.empty()) {
+        tickets_.erase(ticket->id);
+        return ToGrpcStatus(error);
+      }
+    }
+  }
+}
+
+grpc::Status DecodeWorker::Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
+                                  v1::CancelResponse* response) {
+  CancelTicket(request->ticket_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeWorker::Load(grpc::ServerContext* context, const v1::LoadRequest* request,
+                                v1::WorkerLoad* response) {
+  *response = Load();
+  return grpc::Status::OK;
+}
+
+void DecodeWorker::ReleaseTicket(Engine& engine, Ticket& ticket) {
+  switch (ticket.state) {
+    case Ticket::State::kReserved:
+      engine.CancelReservation(ticket.engine_id);
+      break;
+    case Ticket::State::kRunning:
+      engine.Abort(ticket.engine_id);
+      break;
+    case Ticket::State::kReceiving:  // the transfer releases it when it ends
+    case Ticket::State::kDone:
+      return;
+  }
+  by_engine_id_.erase(ticket.engine_id);
+  ticket.state = Ticket::State::kDone;
+}
+
+void DecodeWorker::CancelTicket(uint64_t ticket_id) {
+  std::shared_ptr<Ticket> ticket = FindTicket(ticket_id);
+  if (ticket == nullptr) return;
+  {
+    absl::MutexLock lock(&mu_);
+    ticket->cancelled = true;
+    if (ticket->error.ok()) ticket->error = absl::CancelledError("cancelled");
+  }
+  // Blocks are freed on the engine thread; a receiving ticket is freed by its transfer.
+  loop_->Call([&](Engine& engine) {
+    absl::MutexLock lock(&mu_);
+    ReleaseTicket(engine, *ticket);
+    MaybeErase(*ticket);
+  });
+}
+
+void DecodeWorker::MaybeErase(Ticket& ticket) {
+  if (ticket.state == Ticket::State::kDone && (!ticket.stream_open || ticket.stream_closed)) {
+    tickets_.erase(ticket.id);
+  }
+}
+
+void DecodeWorker::CloseStream(Ticket& ticket) {
+  absl::MutexLock lock(&mu_);
+  ticket.stream_closed = true;
+  MaybeErase(ticket);
+}
+
+void DecodeWorker::AbandonTransfer(uint64_t ticket_id) {
+  std::shared_ptr<Ticket> ticket = FindTicket(ticket_id);
+  if (ticket == nullptr) return;
+  loop_->Call([&](Engine& engine) {
+    absl::MutexLock lock(&mu_);
+    if (ticket->state != Ticket::State::kReceiving) return;
+    ticket->state = Ticket::State::kReserved;
+    if (ticket->cancelled) {
+      ReleaseTicket(engine, *ticket);
+      MaybeErase(*ticket);
+    }
+  });
+}
+
+absl::Status DecodeWorker::Admit(Engine& engine, Ticket* ticket, int32_t first_token) {
+  absl::MutexLock lock(&mu_);
+  if (ticket == nullptr) return absl::NotFoundError("ticket vanished");
+  if (ticket->cancelled) {
+    ticket->state = Ticket::State::kReserved;
+    ReleaseTicket(engine, *ticket);
+    MaybeErase(*ticket);
+    return absl::CancelledError(Cat("ticket ", ticket->id, " was cancelled"));
+  }
+  absl::Status status = engine.AdmitPrefilled(ticket->engine_id, first_token);
+  if (!status.ok()) {
+    by_engine_id_.erase(ticket->engine_id);
+    ticket->state = Ticket::State::kDone;
+    ticket->error = status;
+    return status;
+  }
+  ticket->state = Ticket::State::kRunning;
+  return absl::OkStatus();
+}
+
+void DecodeWorker::OnTick(Engine& engine) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> expired;
+  for (auto& [id, ticket] : tickets_) {
+    // A reservation whose KV never came, or a request whose Stream never opened: free it.
+    const bool waiting_kv = ticket->state == Ticket::State::kReserved;
+    const bool unstreamed = ticket->state == Ticket::State::kRunning && !ticket->stream_open;
+    if ((waiting_kv || unstreamed) && ticket->deadline <= now) {
+      LOG(WARNING) << "ticket " << id << " (" << ticket->request_id << ") expired "
+                   << (waiting_kv ? "waiting for its KV" : "without a stream");
+      ticket->error = absl::DeadlineExceededError(
+          Cat("ticket ", id, " expired ", waiting_kv ? "before its KV arrived" : "unstreamed"));
+      ReleaseTicket(engine, *ticket);
+      if (!ticket->stream_open) expired.push_back(id);  // an open Stream ends with the error
+    }
+  }
+  for (uint64_t id : expired) tickets_.erase(id);
+}
+
+void DecodeWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (RequestOutput& out : outputs) {
+    auto it = by_engine_id_.find(out.id);
+    if (it == by_engine_id_.end()) continue;
+    Ticket& ticket = *it->second;
+    if (!out.new_tokens.empty() || !out.new_text.empty()) {
+      if (ticket.num_generated == 0 && !out.new_tokens.empty()) ticket.first_token_at = now;
+      ticket.num_generated += static_cast<int32_t>(out.new_tokens.size());
+      v1::DecodeEvent& event = ticket.events.emplace_back();
+      event.mutable_delta()->set_text(std::move(out.new_text));
+      event.mutable_delta()->mutable_token_ids()->Add(out.new_tokens.begin(),
+                                                      out.new_tokens.end());
+    }
+    if (!out.finished()) continue;
+    v1::DecodeEvent& event = ticket.events.emplace_back();
+    v1::GenerateFinal* final = event.mutable_final();
+    final->set_finish_reason(FinishReasonToProto(out.finish_reason));
+    final->set_prompt_tokens(ticket.num_prompt_tokens);
+    final->set_completion_tokens(ticket.num_generated);
+    final->set_cached_prompt_tokens(ticket.local ? out.num_cached_prompt_tokens : 0);
+    final->set_decode_worker(address_);
+    final->set_request_id(ticket.request_id);
+    final->set_prefill_location(ticket.local ? v1::PREFILL_LOCATION_LOCAL
+                                             : v1::PREFILL_LOCATION_REMOTE);
+    if (ticket.local && ticket.first_token_at != absl::Time()) {
+      final->mutable_timings()->set_prefill(Seconds(ticket.first_token_at - ticket.reserved_at));
+    }
+    if (ticket.first_token_at != absl::Time()) {
+      final->mutable_timings()->set_decode(Seconds(now - ticket.first_token_at));
+    }
+    if (out.finish_reason == FinishReason::kAborted && ticket.error.ok()) {
+      ticket.error = absl::CancelledError("aborted");
+    }
+    ticket.state = Ticket::State::kDone;
+    by_engine_id_.erase(it);
+  }
+}
+
+grpc::Status DecodeWorker::Transfer(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::KvToPrefill, v1::KvFromPrefill>* stream) {
+  v1::KvFromPrefill message;
+  if (!stream->Read(&message)) return grpc::Status::CANCELLED;
+  if (!message.has_open()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "a KV channel starts with open");
+  }
+  absl::StatusOr<KvLayout> peer = KvLayoutFromProto(message.open().layout());
+  if (!peer.ok()) return ToGrpcStatus(peer.status());
+  if (absl::Status compatible = layout_.CheckCompatible(*peer); !compatible.ok()) {
+    LOG(WARNING) << "refused a KV channel: " << compatible.message();
+    return ToGrpcStatus(compatible);
+  }
+  if (message.open().transport() != "tcp") {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                        Cat("KV transport '", message.open().transport(),
+                            "' is not served here; this worker offers tcp"));
+  }
+
+  // A listener for this channel alone: the one connection that arrives is the peer's.
+  absl::StatusOr<std::unique_ptr<TcpTransportListener>> listener =
+      TcpTransportListener::Listen(options_.listen_host, 0);
+  if (!listener.ok()) return ToGrpcStatus(listener.status());
+  v1::KvToPrefill reply;
+  *reply.mutable_accepted_layout() = KvLayoutToProto(layout_);
+  reply.set_data_address(Cat(options_.advertise_host, ":", (*listener)->port()));
+  if (!stream->Write(reply)) return grpc::Status::CANCELLED;
+  absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
+      (*listener)->Accept(absl::Now() + options_.transfer_timeout);
+  (*listener)->Close();
+  if (!transport.ok()) return ToGrpcStatus(transport.status());
+  absl::StatusOr<std::unique_ptr<LayerReceiver>> receiver =
+      LayerReceiver::Create(runner_, layout_, *peer, transport->get());
+  if (!receiver.ok()) return ToGrpcStatus(receiver.status());
+
+  uint64_t receiving = 0;  // the ticket of the transfer in progress
+  auto fail = [&](absl::Status status) {
+    (*transport)->Close();
+    if (receiving != 0) AbandonTransfer(receiving);
+    if (!status.ok()) LOG(WARNING) << "KV channel closed: " << status.message();
+    return ToGrpcStatus(status);
+  };
+  while (stream->Read(&message)) {
+    reply.Clear();
+    if (message.has_begin()) {
+      const v1::KvBegin& begin = message.begin();
+      if (receiving != 0) return fail(absl::FailedPreconditionError("begin inside a transfer"));
+      std::shared_ptr<Ticket> ticket = FindTicket(begin.ticket_id());
+      absl::Status refused;
+      {
+        absl::MutexLock lock(&mu_);
+        if (ticket == nullptr || ticket->local) {
+          refused = absl::NotFoundError(Cat("no reservation for ticket ", begin.ticket_id()));
+        } else if (ticket->cancelled || ticket->state != Ticket::State::kReserved) {
+          refused = absl::FailedPreconditionError(
+              Cat("ticket ", ticket->id, ticket->cancelled ? " was cancelled" : " is not waiting for KV"));
+        } else if (begin.num_tokens() != ticket->num_prompt_tokens) {
+          refused = absl::InvalidArgumentError(Cat("ticket ", ticket->id, " reserved ",
+                                                   ticket->num_prompt_tokens, " tokens, not ",
+                                                   begin.num_tokens()));
+        } else {
+          ticket->state = Ticket::State::kReceiving;
+        }
+      }
+      if (refused.ok()) {
+        receiving = ticket->id;
+        refused = (*receiver)->Begin(ticket->blocks, begin.num_tokens());
+        if (!refused.ok()) {
+          AbandonTransfer(receiving);
+          receiving = 0;
+        }
+      }
+      if (refused.ok()) {
+        reply.set_begun_ticket_id(begin.ticket_id());
+      } else {
+        reply.set_error(std::string(refused.message()));
+      }
+    } else if (message.has_layer()) {
+      if (receiving == 0) return fail(absl::FailedPreconditionError("layer outside a transfer"));
+      absl::Status status = (*receiver)->RecvLayer(message.layer().layer(),
+                                                   absl::Now() + options_.transfer_timeout);
+      if (!status.ok()) return fail(status);
+      continue;  // layers are not acknowledged one by one
+    } else if (message.has_end()) {
+      const v1::KvEnd& end = message.end();
+      if (receiving == 0 || end.ticket_id() != receiving || !(*receiver)->done()) {
+        return fail(absl::FailedPreconditionError(
+            Cat("end of ticket ", end.ticket_id(), " before all its layers arrived")));
+      }
+      std::shared_ptr<Ticket> ticket = FindTicket(receiving);
+      absl::Status admitted = loop_->Call([&](Engine& engine) -> absl::Status {
+        absl::Status status = Admit(engine, ticket.get(), end.first_token());
+        // The first token goes out now, not with the next decode step.
+        std::vector<RequestOutput> first = engine.TakePendingOutputs();
+        if (!first.empty()) OnOutputs(engine, first);
+        return status;
+      });
+      receiving = 0;
+      if (admitted.ok()) {
+        reply.set_acked_ticket_id(end.ticket_id());
+      } else {
+        reply.set_error(std::string(admitted.message()));
+      }
+    } else {
+      return fail(absl::InvalidArgumentError("unexpected message on the KV channel"));
+    }
+    if (!stream->Write(reply)) return fail(absl::CancelledError("the prefill side left"));
+  }
+  return fail(absl::OkStatus());
+}
+
+}  // namespace tandem

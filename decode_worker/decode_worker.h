@@ -1,0 +1,119 @@
+// The decode worker's services (docs/SERVING.md): reservations with deadlines, the token
+// stream, cancellation, and the decode end of the KV channel. The engine runs on its own
+// thread (EngineLoop); these handlers only validate, enqueue and wait.
+#ifndef TANDEM_DECODE_WORKER_DECODE_WORKER_H_
+#define TANDEM_DECODE_WORKER_DECODE_WORKER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "kvtransfer/kv_layout.h"
+#include "service/engine_loop.h"
+#include "tandem/v1/worker.grpc.pb.h"
+
+namespace tandem {
+
+struct DecodeWorkerOptions {
+  std::string listen_host;  // where KV data connections are accepted
+  std::string advertise_host;
+  absl::Duration transfer_timeout = absl::Seconds(30);  // per layer and per reply
+};
+
+class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Service {
+ public:
+  DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options);
+  ~DecodeWorker() override;
+
+  // host:port the router and prefill workers dial (known once the server is bound).
+  void set_address(const std::string& address);
+  void Start();
+  void Stop();
+
+  const KvLayout& layout() const { return layout_; }
+  const Engine& engine() const { return loop_->engine_for_constants(); }
+  v1::WorkerLoad Load() const;
+  // Requests held (reserved, receiving, running or not yet streamed).
+  int num_requests() const;
+
+  grpc::Status Reserve(grpc::ServerContext* context, const v1::ReserveRequest* request,
+                       v1::ReserveResponse* response) override;
+  grpc::Status Stream(grpc::ServerContext* context, const v1::DecodeStreamRequest* request,
+                      grpc::ServerWriter<v1::DecodeEvent>* writer) override;
+  grpc::Status Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
+                      v1::CancelResponse* response) override;
+  grpc::Status Load(grpc::ServerContext* context, const v1::LoadRequest* request,
+                    v1::WorkerLoad* response) override;
+  grpc::Status Transfer(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::KvToPrefill, v1::KvFromPrefill>* stream) override;
+
+ private:
+  // One request on this worker, from Reserve to the end of its Stream.
+  struct Ticket {
+    enum class State {
+      kReserved,   // remote: blocks reserved, waiting for the KV
+      kReceiving,  // remote: a KV transfer writes into the blocks
+      kRunning,    // in the engine's batch (local from Reserve on; remote once admitted)
+      kDone,       // final event queued (or failed)
+    };
+    uint64_t id = 0;
+    std::string request_id;
+    RequestId engine_id = 0;
+    bool local = false;
+    State state = State::kReserved;
+    std::vector<int32_t> blocks;  // remote: where the prompt's KV goes
+    int32_t num_prompt_tokens = 0;
+    absl::Time reserved_at;
+    absl::Time deadline;  // the Stream must open (and the KV arrive) by then
+    bool stream_open = false;
+    bool stream_closed = false;  // its Stream handler returned
+    bool cancelled = false;
+    int32_t num_generated = 0;
+    absl::Time first_token_at;
+    std::deque<v1::DecodeEvent> events;  // waiting for the Stream
+    absl::Status error;                  // ends the Stream when not OK
+  };
+
+  void OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs);
+  void OnTick(Engine& engine);
+  // Admits a received ticket into the engine's batch (engine thread).
+  absl::Status Admit(Engine& engine, Ticket* ticket, int32_t first_token)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Frees what the ticket holds in the engine (engine thread) and marks it done.
+  void ReleaseTicket(Engine& engine, Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Cancels from a gRPC thread: at once, or (while a transfer writes its blocks) when the
+  // transfer ends.
+  void CancelTicket(uint64_t ticket_id);
+  // A transfer into `ticket_id` ended without admitting it: back to kReserved for a retry
+  // by another prefill worker, or released if it was cancelled meanwhile.
+  void AbandonTransfer(uint64_t ticket_id);
+  std::shared_ptr<Ticket> FindTicket(uint64_t ticket_id) const;
+  // Forgets a finished ticket once no Stream handler can still read it.
+  void MaybeErase(Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CloseStream(Ticket& ticket);
+
+  const DecodeWorkerOptions options_;
+  ModelRunner* runner_ = nullptr;  // for WriteKvLayer from transfer threads (disjoint blocks)
+  KvLayout layout_;
+  std::unique_ptr<EngineLoop> loop_;
+
+  mutable absl::Mutex mu_;
+  std::string address_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Ticket>> tickets_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<RequestId, std::shared_ptr<Ticket>> by_engine_id_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_DECODE_WORKER_DECODE_WORKER_H_

@@ -1,0 +1,196 @@
+#include "prefill_worker/kv_channel_client.h"
+
+#include <utility>
+
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "absl/strings/numbers.h"
+#include "common/strings.h"
+#include "service/convert.h"
+#include "service/grpc_status.h"
+
+namespace tandem {
+
+KvChannelClient::KvChannelClient(std::string decode_address, ModelRunner* runner,
+                                 const KvLayout& layout)
+    : decode_address_(std::move(decode_address)), runner_(runner), layout_(layout) {}
+
+KvChannelClient::~KvChannelClient() {
+  Close();
+  if (watchdog_.joinable()) watchdog_.join();
+  if (stream_ != nullptr) {
+    stream_->WritesDone();
+    stream_->Finish();
+  }
+}
+
+absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
+    const std::string& decode_address, ModelRunner* runner, const KvLayout& layout,
+    absl::Time deadline) {
+  std::unique_ptr<KvChannelClient> channel(new KvChannelClient(decode_address, runner, layout));
+  channel->grpc_channel_ =
+      grpc::CreateChannel(decode_address, grpc::InsecureChannelCredentials());
+  channel->stub_ = v1::KvChannel::NewStub(channel->grpc_channel_);
+  channel->stream_ = channel->stub_->Transfer(&channel->context_);
+  channel->watchdog_ = std::thread([c = channel.get()] { c->Watchdog(); });
+
+  v1::KvFromPrefill open;
+  *open.mutable_open()->mutable_layout() = KvLayoutToProto(layout);
+  open.mutable_open()->set_transport("tcp");
+  RETURN_IF_ERROR(channel->Write(open));
+  ASSIGN_OR_RETURN(v1::KvToPrefill reply, channel->ReadReply(deadline));
+  ASSIGN_OR_RETURN(KvLayout peer, KvLayoutFromProto(reply.accepted_layout()));
+  RETURN_IF_ERROR(layout.CheckCompatible(peer));
+  const std::string& data = reply.data_address();
+  const size_t colon = data.rfind(':');
+  if (colon == std::string::npos) {
+    return channel->Break(absl::InternalError(Cat("bad KV data address '", data, "'")));
+  }
+  int port = 0;
+  if (!absl::SimpleAtoi(data.substr(colon + 1), &port)) {
+    return channel->Break(absl::InternalError(Cat("bad KV data address '", data, "'")));
+  }
+  std::string host = data.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  TcpTransportOptions options;
+  options.connect_timeout = std::max(deadline - absl::Now(), absl::Milliseconds(1));
+  absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
+      TcpTransport::Connect(host, port, options);
+  if (!transport.ok()) return channel->Break(transport.status());
+  channel->transport_ = std::move(*transport);
+  absl::StatusOr<std::unique_ptr<LayerSender>> sender =
+      LayerSender::Create(runner, layout, peer, channel->transport_.get());
+  if (!sender.ok()) return channel->Break(sender.status());
+  channel->sender_ = std::move(*sender);
+  return channel;
+}
+
+absl::Status KvChannelClient::Break(absl::Status status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (broken_.ok()) broken_ = status.ok() ? absl::UnavailableError("channel closed") : status;
+  }
+  context_.TryCancel();
+  if (transport_ != nullptr) transport_->Close();
+  return status;
+}
+
+void KvChannelClient::Close() {
+  {
+    absl::MutexLock lock(&mu_);
+    closing_ = true;
+  }
+  (void)Break(absl::UnavailableError(Cat("KV channel to ", decode_address_, " closed")));
+}
+
+bool KvChannelClient::broken() const {
+  absl::MutexLock lock(&mu_);
+  return !broken_.ok();
+}
+
+void KvChannelClient::Watchdog() {
+  absl::MutexLock lock(&mu_);
+  while (!closing_) {
+    auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return closing_; };
+    const absl::Time deadline = read_deadline_;
+    if (mu_.AwaitWithDeadline(absl::Condition(&wake),
+                              std::min(deadline, absl::Now() + absl::Milliseconds(100)))) {
+      return;
+    }
+    if (read_deadline_ != absl::InfiniteFuture() && absl::Now() >= read_deadline_) {
+      if (broken_.ok()) {
+        broken_ = absl::DeadlineExceededError(
+            Cat("no reply from the decode worker ", decode_address_, " in time"));
+      }
+      read_deadline_ = absl::InfiniteFuture();
+      context_.TryCancel();
+    }
+  }
+}
+
+absl::Status KvChannelClient::Write(const v1::KvFromPrefill& message) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!broken_.ok()) return broken_;
+  }
+  if (!stream_->Write(message)) {
+    return Break(absl::UnavailableError(
+        Cat("KV channel to ", decode_address_, " broke (decode worker gone?)")));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::KvToPrefill> KvChannelClient::ReadReply(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!broken_.ok()) return broken_;
+    read_deadline_ = deadline;
+  }
+  v1::KvToPrefill reply;
+  const bool ok = stream_->Read(&reply);
+  {
+    absl::MutexLock lock(&mu_);
+    read_deadline_ = absl::InfiniteFuture();
+    if (!broken_.ok()) return broken_;
+  }
+  if (!ok) {
+    // The stream ended: the decode worker refused the channel (its status says why) or left.
+    grpc::Status status = stream_->Finish();
+    stream_.reset();
+    if (status.ok()) {
+      status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the decode worker closed the channel");
+    }
+    return Break(FromGrpcStatus(status, Cat("KV channel to ", decode_address_)));
+  }
+  return reply;
+}
+
+absl::Status KvChannelClient::Begin(uint64_t ticket_id, absl::Span<const int32_t> blocks,
+                                    int32_t num_tokens, absl::Time deadline) {
+  v1::KvFromPrefill message;
+  message.mutable_begin()->set_ticket_id(ticket_id);
+  message.mutable_begin()->set_num_tokens(num_tokens);
+  RETURN_IF_ERROR(Write(message));
+  ASSIGN_OR_RETURN(v1::KvToPrefill reply, ReadReply(deadline));
+  if (!reply.error().empty()) {
+    return absl::FailedPreconditionError(
+        Cat("decode worker ", decode_address_, " refused ticket ", ticket_id, ": ",
+            reply.error()));
+  }
+  if (reply.begun_ticket_id() != ticket_id) {
+    return Break(absl::InternalError(Cat("KV channel out of step: begin of ", ticket_id,
+                                         " answered for ", reply.begun_ticket_id())));
+  }
+  absl::Status status = sender_->Begin(blocks, num_tokens);
+  if (!status.ok()) return Break(status);  // the decode side now waits for layers
+  return absl::OkStatus();
+}
+
+absl::Status KvChannelClient::SendLayer(int layer, absl::Time deadline) {
+  v1::KvFromPrefill message;
+  message.mutable_layer()->set_layer(layer);
+  RETURN_IF_ERROR(Write(message));
+  absl::Status status = sender_->SendLayer(layer, deadline);
+  if (!status.ok()) return Break(status);
+  return absl::OkStatus();
+}
+
+absl::Status KvChannelClient::End(uint64_t ticket_id, int32_t first_token, absl::Time deadline) {
+  v1::KvFromPrefill message;
+  message.mutable_end()->set_ticket_id(ticket_id);
+  message.mutable_end()->set_first_token(first_token);
+  RETURN_IF_ERROR(Write(message));
+  ASSIGN_OR_RETURN(v1::KvToPrefill reply, ReadReply(deadline));
+  if (!reply.error().empty()) {
+    return absl::FailedPreconditionError(Cat("decode worker ", decode_address_,
+                                             " did not admit ticket ", ticket_id, ": ",
+                                             reply.error()));
+  }
+  if (reply.acked_ticket_id() != ticket_id) {
+    return Break(absl::InternalError(Cat("KV channel out of step: end of ", ticket_id,
+                                         " answered for ", reply.acked_ticket_id())));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tandem

@@ -1,0 +1,248 @@
+#include "prefill_worker/prefill_worker.h"
+
+#include <utility>
+
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "common/strings.h"
+#include "service/convert.h"
+#include "service/grpc_status.h"
+
+namespace tandem {
+namespace {
+
+constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+PrefillWorker::PrefillWorker(std::unique_ptr<Engine> engine, const PrefillWorkerOptions& options)
+    : options_(options) {
+  runner_ = &engine->runner();
+  layout_ = KvLayout::For(engine->config(), runner_->block_size(), engine->options().kv_dtype);
+  engine->SetKvLayerHook([this](int layer, absl::Span<const Engine::KvLayerReady> ready) {
+    OnKvLayer(layer, ready);
+  });
+  loop_ = std::make_unique<EngineLoop>(
+      std::move(engine),
+      [this](Engine& e, std::vector<RequestOutput>& outputs) { OnOutputs(e, outputs); },
+      nullptr);
+}
+
+PrefillWorker::~PrefillWorker() { Stop(); }
+
+void PrefillWorker::Start() { loop_->Start(); }
+void PrefillWorker::Stop() { loop_->Stop(); }
+
+v1::WorkerLoad PrefillWorker::Load() const {
+  v1::WorkerLoad load = WorkerLoadFromStats(loop_->stats());
+  absl::MutexLock lock(&mu_);
+  load.set_queued_prompt_tokens(queued_prompt_tokens_);
+  return load;
+}
+
+int PrefillWorker::num_requests() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(by_request_id_.size());
+}
+
+grpc::Status PrefillWorker::Load(grpc::ServerContext* context, const v1::LoadRequest* request,
+                                 v1::WorkerLoad* response) {
+  *response = Load();
+  return grpc::Status::OK;
+}
+
+grpc::Status PrefillWorker::Cancel(grpc::ServerContext* context,
+                                   const v1::CancelRequest* request,
+                                   v1::CancelResponse* response) {
+  absl::MutexLock lock(&mu_);
+  auto it = by_request_id_.find(request->request_id());
+  if (it != by_request_id_.end()) it->second->cancelled = true;
+  return grpc::Status::OK;
+}
+
+void PrefillWorker::OnKvLayer(int layer, absl::Span<const Engine::KvLayerReady> ready) {
+  absl::MutexLock lock(&mu_);
+  for (const Engine::KvLayerReady& r : ready) {
+    auto it = by_engine_id_.find(r.id);
+    if (it == by_engine_id_.end()) continue;
+    Job& job = *it->second;
+    if (layer == 0) job.blocks.assign(r.blocks.begin(), r.blocks.end());
+    job.layers_ready = layer + 1;
+  }
+}
+
+void PrefillWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (const RequestOutput& out : outputs) {
+    if (!out.finished()) continue;
+    auto it = by_engine_id_.find(out.id);
+    if (it == by_engine_id_.end()) continue;
+    Job& job = *it->second;
+    job.finished = true;
+    job.finish_reason = out.finish_reason;
+    if (!out.new_tokens.empty()) job.first_token = out.new_tokens.front();
+    job.cached_tokens = out.num_cached_prompt_tokens;
+    job.prefill_done = now;
+    queued_prompt_tokens_ -= job.num_prompt_tokens;
+  }
+}
+
+absl::Status PrefillWorker::WaitFor(Job& job, grpc::ServerContext* context, absl::Time deadline,
+                                    const std::function<bool()>& ready) {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto done = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return ready() || job.cancelled || job.finish_reason == FinishReason::kAborted;
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&done),
+                            std::min(deadline, absl::Now() + kPollInterval));
+      if (ready()) return absl::OkStatus();
+      if (job.cancelled) return absl::CancelledError("prefill cancelled");
+      if (job.finish_reason == FinishReason::kAborted) {
+        return absl::AbortedError("the engine aborted the prefill");
+      }
+    }
+    if (context->IsCancelled()) {
+      absl::MutexLock lock(&mu_);
+      job.cancelled = true;
+      return absl::CancelledError("prefill call cancelled");
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("prefill did not finish before its deadline");
+    }
+  }
+}
+
+std::shared_ptr<PrefillWorker::ChannelSlot> PrefillWorker::Slot(const std::string& address) {
+  absl::MutexLock lock(&channels_mu_);
+  std::shared_ptr<ChannelSlot>& slot = channels_[address];
+  if (slot == nullptr) slot = std::make_shared<ChannelSlot>();
+  return slot;
+}
+
+absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
+                                     grpc::ServerContext* context, absl::Time deadline) {
+  const int n_layers = layout_.n_layers;
+  // The first layer of the last chunk: from here on the KV streams out layer by layer.
+  RETURN_IF_ERROR(WaitFor(job, context, deadline, [&] { return job.layers_ready > 0; }));
+
+  std::shared_ptr<ChannelSlot> slot = Slot(ticket.decode_address());
+  absl::MutexLock transfer(&slot->transfer_mu);
+  const absl::Time open_deadline =
+      std::min(deadline, absl::Now() + options_.channel_open_timeout);
+  if (slot->channel == nullptr || slot->channel->broken()) {
+    slot->channel.reset();
+    ASSIGN_OR_RETURN(slot->channel, KvChannelClient::Open(ticket.decode_address(), runner_,
+                                                          layout_, open_deadline));
+  }
+  KvChannelClient& channel = *slot->channel;
+  auto reply_deadline = [&] { return std::min(deadline, absl::Now() + options_.transfer_timeout); };
+  std::vector<int32_t> blocks;
+  {
+    absl::MutexLock lock(&mu_);
+    blocks = job.blocks;
+  }
+  RETURN_IF_ERROR(channel.Begin(ticket.ticket_id(), blocks, job.num_prompt_tokens,
+                                reply_deadline()));
+  // From here the decode side expects every layer: a failure must break the channel.
+  absl::Status status;
+  for (int layer = 0; layer < n_layers && status.ok(); ++layer) {
+    status = WaitFor(job, context, deadline, [&] { return job.layers_ready > layer; });
+    if (status.ok()) status = channel.SendLayer(layer, reply_deadline());
+  }
+  if (status.ok()) status = WaitFor(job, context, deadline, [&] { return job.finished; });
+  int32_t first_token = -1;
+  if (status.ok()) {
+    absl::MutexLock lock(&mu_);
+    first_token = job.first_token;
+    if (first_token < 0) status = absl::InternalError("the prefill sampled no first token");
+  }
+  if (!status.ok()) {
+    channel.Close();
+    return status;
+  }
+  return channel.End(ticket.ticket_id(), first_token, reply_deadline());
+}
+
+grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
+                                    const v1::PrefillRequest* request,
+                                    v1::PrefillResponse* response) {
+  const absl::Time start = absl::Now();
+  if (request->ticket().decode_address().empty() || request->ticket().ticket_id() == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "ticket: a decode address and ticket id are required");
+  }
+  GenerationRequest generation;
+  generation.prompt_tokens.assign(request->prompt_token_ids().begin(),
+                                  request->prompt_token_ids().end());
+  generation.params = GenerationParamsFromProto(request->sampling());
+  // The prefill stops after the first token and keeps its KV for the decode worker; stop
+  // strings and EOS are the decode worker's business (it applies them to this token too).
+  generation.params.max_tokens = 1;
+  generation.params.hold_kv = true;
+  generation.params.stop.clear();
+  generation.params.ignore_eos = true;
+
+  auto job = std::make_shared<Job>();
+  job->request_id = request->request_id();
+  job->num_prompt_tokens = static_cast<int32_t>(generation.prompt_tokens.size());
+  {
+    absl::MutexLock lock(&mu_);
+    if (by_request_id_.contains(job->request_id)) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          Cat("request ", job->request_id, " is already being prefilled here"));
+    }
+    by_request_id_[job->request_id] = job;
+  }
+  absl::Status added = loop_->Call([&](Engine& engine) -> absl::Status {
+    absl::StatusOr<RequestId> id = engine.AddRequest(std::move(generation));
+    if (!id.ok()) return id.status();
+    absl::MutexLock lock(&mu_);
+    job->engine_id = *id;
+    by_engine_id_[*id] = job;
+    queued_prompt_tokens_ += job->num_prompt_tokens;
+    return absl::OkStatus();
+  });
+
+  absl::Status status = added;
+  absl::Time acked;
+  if (status.ok()) {
+    const absl::Time deadline =
+        std::min(absl::FromUnixSeconds(0) + absl::Seconds(request->ticket().deadline_unix_s()),
+                 absl::FromChrono(context->deadline()));
+    status = Transfer(*job, request->ticket(), context, deadline);
+    acked = absl::Now();
+  }
+
+  // Free the request's blocks whatever happened: after the ack they are the decode
+  // worker's copy; after a failure nobody needs them. Full blocks stay in the prefix cache.
+  loop_->Call([&](Engine& engine) {
+    absl::MutexLock lock(&mu_);
+    if (job->engine_id != 0) {
+      if (job->finished) {
+        engine.ReleaseKv(job->engine_id);
+      } else {
+        engine.Abort(job->engine_id);
+        queued_prompt_tokens_ -= job->num_prompt_tokens;
+      }
+      by_engine_id_.erase(job->engine_id);
+    }
+    by_request_id_.erase(job->request_id);
+  });
+  if (!status.ok()) {
+    LOG(WARNING) << "prefill of " << job->request_id << " failed: " << status;
+    return ToGrpcStatus(status);
+  }
+  absl::MutexLock lock(&mu_);
+  response->set_first_token(job->first_token);
+  response->set_cached_prompt_tokens(job->cached_tokens);
+  response->set_prefill_s(Seconds(job->prefill_done - start));
+  response->set_kv_transfer_s(Seconds(acked - job->prefill_done));
+  return grpc::Status::OK;
+}
+
+}  // namespace tandem

@@ -1,0 +1,75 @@
+#include "router/generation_service.h"
+
+#include <utility>
+
+#include "common/strings.h"
+#include "router/validate.h"
+#include "service/grpc_status.h"
+
+namespace tandem::router {
+
+GenerationService::GenerationService(const RouterOptions& options, const RouterModel& model,
+                                     WorkerRegistry& registry, RequestCoordinator& coordinator)
+    : options_(options), model_(model), registry_(registry), coordinator_(coordinator) {}
+
+grpc::Status GenerationService::Generate(grpc::ServerContext* context,
+                                         const v1::GenerateRequest* request,
+                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  const absl::Time received = absl::Now();
+  absl::StatusOr<ValidatedRequest> validated = ValidateGenerateRequest(*request, model_);
+  if (!validated.ok()) return ToGrpcStatus(validated.status());
+
+  if (in_flight_.fetch_add(1) >= options_.max_queue) {
+    in_flight_.fetch_sub(1);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        Cat("router queue full (", options_.max_queue, " requests)"));
+  }
+  grpc::Status status =
+      coordinator_.Generate(*context, *request, std::move(*validated), received, *writer);
+  in_flight_.fetch_sub(1);
+  return status;
+}
+
+grpc::Status GenerationService::ListModels(grpc::ServerContext* context,
+                                           const v1::ListModelsRequest* request,
+                                           v1::ListModelsResponse* response) {
+  v1::ModelInfo* info = response->add_models();
+  info->set_id(model_.id());
+  info->set_context_length(model_.context_length());
+  info->set_fingerprint(model_.fingerprint());
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationService::Health(grpc::ServerContext* context,
+                                       const v1::HealthRequest* request,
+                                       v1::HealthResponse* response) {
+  *response = MakeHealth(options_.mode, registry_.Snapshot());
+  return grpc::Status::OK;
+}
+
+v1::HealthResponse MakeHealth(RouterMode mode, absl::Span<const WorkerView> workers) {
+  v1::HealthResponse health;
+  int prefill = 0;
+  int decode = 0;
+  for (const WorkerView& w : workers) {
+    const bool is_prefill = w.role == v1::WORKER_ROLE_PREFILL;
+    if (!w.draining) ++(is_prefill ? prefill : decode);
+    v1::WorkerStatus* s = health.add_workers();
+    s->set_id(w.id);
+    s->set_role(is_prefill ? "prefill" : "decode");
+    s->set_address(w.address);
+    s->set_free_kv_blocks(w.load.free_kv_blocks());
+    s->set_total_kv_blocks(w.load.total_kv_blocks());
+    s->set_running_sequences(w.load.running_sequences());
+    s->set_queued_prompt_tokens(w.load.queued_prompt_tokens());
+    s->set_draining(w.draining);
+  }
+  health.set_prefill_workers(prefill);
+  health.set_decode_workers(decode);
+  // Collocated and auto serve with decode workers alone; disaggregated needs both.
+  health.set_serving(decode > 0 && (mode != RouterMode::kDisaggregated || prefill > 0));
+  health.set_mode(std::string(RouterModeName(mode)));
+  return health;
+}
+
+}  // namespace tandem::router

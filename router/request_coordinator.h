@@ -1,0 +1,63 @@
+// The request coordinator: carries one validated Generate request through its decode
+// worker D (Reserve, Stream) and, unless D prefills it locally, a prefill worker P
+// (Prefill, retried on another P), forwarding D's deltas to the client and completing the
+// final message. A failed D is replaced: the request resumes on another D from the tokens
+// generated so far. Client cancellation or deadline cancels both legs (docs/SERVING.md).
+//
+// Thread-safe: one Generate per gRPC handler thread; each runs its prefill on a thread of
+// its own so tokens flow while the Prefill call is outstanding.
+#ifndef TANDEM_ROUTER_REQUEST_COORDINATOR_H_
+#define TANDEM_ROUTER_REQUEST_COORDINATOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/support/sync_stream.h"
+#include "router/placement.h"
+#include "router/router_model.h"
+#include "router/router_options.h"
+#include "router/validate.h"
+#include "router/worker_channels.h"
+#include "router/worker_registry.h"
+#include "tandem/v1/generation.pb.h"
+
+namespace tandem::router {
+
+class RequestCoordinator {
+ public:
+  // Every reference must outlive the coordinator.
+  RequestCoordinator(const RouterOptions& options, const RouterModel& model,
+                     WorkerRegistry& registry, Placement& placement, WorkerChannels& channels);
+  RequestCoordinator(const RequestCoordinator&) = delete;
+  RequestCoordinator& operator=(const RequestCoordinator&) = delete;
+
+  // Runs `request` (already validated into `validated`) to its end: deltas, then one final
+  // message on `writer`. `received` is when the router got the request (timings count
+  // from it). Returns the call's status: OK, CANCELLED (the client left), or the error
+  // that ended it (UNAVAILABLE, RESOURCE_EXHAUSTED, a worker's INVALID_ARGUMENT, ...).
+  grpc::Status Generate(grpc::ServerContext& context, const v1::GenerateRequest& request,
+                        ValidatedRequest validated, absl::Time received,
+                        grpc::ServerWriterInterface<v1::GenerateResponse>& writer);
+
+  // A request id unique within this router process (and, with a random prefix, likely
+  // across routers): "rt-1a2b3c4d-17".
+  std::string NewRequestId();
+
+ private:
+  friend class GenerateCall;
+
+  const RouterOptions& options_;
+  const RouterModel& model_;
+  WorkerRegistry& registry_;
+  Placement& placement_;
+  WorkerChannels& channels_;
+  const std::string id_prefix_;
+  std::atomic<uint64_t> next_request_{1};
+};
+
+}  // namespace tandem::router
+
+#endif  // TANDEM_ROUTER_REQUEST_COORDINATOR_H_
