@@ -253,6 +253,8 @@ absl::Status Engine::AdmitPrefilled(RequestId id, int32_t first_token) {
   // The prompt's KV arrived; blocks that became full are shareable like locally computed ones.
   seq->num_computed = seq->num_prompt_tokens;
   kv_cache_->CommitTokens(id, seq->tokens, seq->num_computed);
+  // The prefill engine drew the first token from the same seeded stream: continue it.
+  seq->sampler->SkipSample();
   RequestOutput out;
   out.id = id;
   out.finish_reason = AppendToken(*seq, first_token, out);

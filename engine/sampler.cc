@@ -230,6 +230,11 @@ int32_t ArgMax(absl::Span<const float> logits) {
   return 0;  // every logit is NaN
 }
 
+void Sampler::SkipSample() {
+  if (params_.temperature < kMinTemperature || params_.top_k == 1) return;
+  rng_();
+}
+
 int32_t Sampler::Sample(absl::Span<const float> logits) {
   CHECK(!logits.empty()) << "Sample with an empty logits vector";
   const int64_t vocab = static_cast<int64_t>(logits.size());

@@ -39,6 +39,12 @@ class Sampler {
   // no random draw. Logits are never modified.
   int32_t Sample(absl::Span<const float> logits);
 
+  // Advances the random stream past one Sample() made elsewhere: a decode engine admitting
+  // a request whose first token a prefill engine sampled with the same seed continues that
+  // stream, so seeded output is the same disaggregated or not. (A Sample() that met
+  // non-finite logits draws nothing; that case is not mirrored.)
+  void SkipSample();
+
   const SamplingParams& params() const { return params_; }
 
  private:

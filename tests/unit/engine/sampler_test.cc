@@ -90,6 +90,25 @@ TEST(SamplerTest, SameSeedGivesTheSameDrawsHoweverRequestsInterleave) {
   }
 }
 
+// A decode engine continues the seeded stream of the prefill engine that drew the first
+// token: SkipSample() then Sample() draws what a second Sample() would have.
+TEST(SamplerTest, SkipSampleContinuesTheStreamOfASampleMadeElsewhere) {
+  const std::vector<float> logits = RandomLogits(49152, 5, 1.0f);
+  for (const SamplingParams& params :
+       {Params(1.0f, 1.0f, 0, 42), Params(0.8f, 0.9f, 0, 42), Params(1.2f, 0.95f, 50, 42),
+        Params(0.0f, 1.0f, 0, 42)}) {
+    Sampler one_process(params);
+    Sampler prefill(params);
+    Sampler decode(params);
+    std::vector<int32_t> a, b;
+    for (int i = 0; i < 20; ++i) a.push_back(one_process.Sample(logits));
+    b.push_back(prefill.Sample(logits));
+    decode.SkipSample();
+    for (int i = 1; i < 20; ++i) b.push_back(decode.Sample(logits));
+    EXPECT_EQ(a, b) << "temperature " << params.temperature;
+  }
+}
+
 TEST(SamplerTest, DifferentSeedsGiveDifferentDraws) {
   const std::vector<float> logits(100, 0.0f);  // uniform
   Sampler one(Params(1.0f, 1.0f, 0, 1));
