@@ -43,6 +43,16 @@ if ! ctest --test-dir "$build" "${gpu_filter[@]}" --output-on-failure -j "$jobs"
 fi
 grep -E '^[0-9]+% tests passed|tests passed, ' "$ctest_log"
 
+# The Python client package, built from proto/ by pip in its own venv, against a stand-in
+# router (clients/python/tests). TANDEM_SKIP_PYTHON=1 skips it.
+if [[ ${TANDEM_SKIP_PYTHON:-0} != 1 ]]; then
+  venv=$build/pyclient-venv
+  [[ -x $venv/bin/python ]] || step python-venv python3 -m venv "$venv"
+  step python-client-install "$venv/bin/pip" install -q "$root/clients/python"
+  step python-client-test "$venv/bin/python" -m unittest discover -s "$root/clients/python/tests"
+  echo "python client: $(grep -Eo 'Ran [0-9]+ tests' "$logs/python-client-test.log"), OK"
+fi
+
 if [[ ${TANDEM_SKIP_FUZZ:-0} != 1 ]]; then
   step fuzz-configure env CC=clang CXX=clang++ cmake -S "$root" -B "$fuzz_build" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release -DTANDEM_FUZZ=ON -DTANDEM_BUILD_TESTS=OFF \
