@@ -36,7 +36,7 @@ DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOpt
 
 DecodeWorker::~DecodeWorker() { Stop(); }
 
-void DecodeWorker::set_address(const std::string& address) {
+void DecodeWorker::SetAddress(const std::string& address) {
   absl::MutexLock lock(&mu_);
   address_ = address;
 }
@@ -44,7 +44,7 @@ void DecodeWorker::set_address(const std::string& address) {
 void DecodeWorker::Start() { loop_->Start(); }
 void DecodeWorker::Stop() { loop_->Stop(); }
 
-v1::WorkerLoad DecodeWorker::Load() const {
+v1::WorkerLoad DecodeWorker::CurrentLoad() const {
   v1::WorkerLoad load = WorkerLoadFromStats(loop_->stats());
   absl::MutexLock lock(&mu_);
   int waiting = 0;
@@ -184,7 +184,7 @@ grpc::Status DecodeWorker::Cancel(grpc::ServerContext* context, const v1::Cancel
 
 grpc::Status DecodeWorker::Load(grpc::ServerContext* context, const v1::LoadRequest* request,
                                 v1::WorkerLoad* response) {
-  *response = Load();
+  *response = CurrentLoad();
   return grpc::Status::OK;
 }
 

@@ -19,6 +19,7 @@
 #include "engine/engine.h"
 #include "kvtransfer/kv_layout.h"
 #include "service/engine_loop.h"
+#include "service/worker_process.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem {
@@ -29,21 +30,26 @@ struct DecodeWorkerOptions {
   absl::Duration transfer_timeout = absl::Seconds(30);  // per layer and per reply
 };
 
-class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Service {
+class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Service,
+                            public WorkerService {
  public:
   DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options);
   ~DecodeWorker() override;
 
   // host:port the router and prefill workers dial (known once the server is bound).
-  void set_address(const std::string& address);
-  void Start();
-  void Stop();
+  void SetAddress(const std::string& address) override;
+  void RegisterServices(grpc::ServerBuilder& builder) override {
+    builder.RegisterService(static_cast<v1::Decode::Service*>(this));
+    builder.RegisterService(static_cast<v1::KvChannel::Service*>(this));
+  }
+  void Start() override;
+  void Stop() override;
 
-  const KvLayout& layout() const { return layout_; }
-  const Engine& engine() const { return loop_->engine_for_constants(); }
-  v1::WorkerLoad Load() const;
+  const KvLayout& layout() const override { return layout_; }
+  const Engine& engine() const override { return loop_->engine_for_constants(); }
+  v1::WorkerLoad CurrentLoad() const override;
   // Requests held (reserved, receiving, running or not yet streamed).
-  int num_requests() const;
+  int num_requests() const override;
 
   grpc::Status Reserve(grpc::ServerContext* context, const v1::ReserveRequest* request,
                        v1::ReserveResponse* response) override;

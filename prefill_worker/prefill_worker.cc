@@ -35,7 +35,7 @@ PrefillWorker::~PrefillWorker() { Stop(); }
 void PrefillWorker::Start() { loop_->Start(); }
 void PrefillWorker::Stop() { loop_->Stop(); }
 
-v1::WorkerLoad PrefillWorker::Load() const {
+v1::WorkerLoad PrefillWorker::CurrentLoad() const {
   v1::WorkerLoad load = WorkerLoadFromStats(loop_->stats());
   absl::MutexLock lock(&mu_);
   load.set_queued_prompt_tokens(queued_prompt_tokens_);
@@ -49,7 +49,7 @@ int PrefillWorker::num_requests() const {
 
 grpc::Status PrefillWorker::Load(grpc::ServerContext* context, const v1::LoadRequest* request,
                                  v1::WorkerLoad* response) {
-  *response = Load();
+  *response = CurrentLoad();
   return grpc::Status::OK;
 }
 

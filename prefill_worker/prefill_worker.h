@@ -20,6 +20,7 @@
 #include "kvtransfer/kv_layout.h"
 #include "prefill_worker/kv_channel_client.h"
 #include "service/engine_loop.h"
+#include "service/worker_process.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem {
@@ -29,18 +30,22 @@ struct PrefillWorkerOptions {
   absl::Duration channel_open_timeout = absl::Seconds(10);
 };
 
-class PrefillWorker final : public v1::Prefill::Service {
+class PrefillWorker final : public v1::Prefill::Service,
+                            public WorkerService {
  public:
   PrefillWorker(std::unique_ptr<Engine> engine, const PrefillWorkerOptions& options);
   ~PrefillWorker() override;
 
-  void Start();
-  void Stop();
+  void RegisterServices(grpc::ServerBuilder& builder) override {
+    builder.RegisterService(this);
+  }
+  void Start() override;
+  void Stop() override;
 
-  const KvLayout& layout() const { return layout_; }
-  const Engine& engine() const { return loop_->engine_for_constants(); }
-  v1::WorkerLoad Load() const;
-  int num_requests() const;
+  const KvLayout& layout() const override { return layout_; }
+  const Engine& engine() const override { return loop_->engine_for_constants(); }
+  v1::WorkerLoad CurrentLoad() const override;
+  int num_requests() const override;
 
   grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
                        v1::PrefillResponse* response) override;

@@ -2,6 +2,8 @@
 
 #include <signal.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -10,6 +12,7 @@
 #include "common/strings.h"
 #include "engine/engine_flags.h"
 #include "service/convert.h"
+#include "service/worker_registration.h"
 
 namespace tandem {
 
@@ -20,6 +23,7 @@ std::vector<FlagSpec> WorkerFlagSpecs() {
       {"host", false, "address the worker's servers bind (default 127.0.0.1)"},
       {"advertise-host", false, "address the router and peers dial (default: --host)"},
       {"port", false, "gRPC port (default 0: any free port)"},
+      {"help", true, "this text"},
   });
   return specs;
 }
@@ -98,6 +102,56 @@ v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& 
   request.add_transports("tcp");
   *request.mutable_load() = WorkerLoadFromStats(engine.stats());
   return request;
+}
+
+int RunWorkerProcess(
+    const char* name, v1::WorkerRole role, int argc, char** argv,
+    const std::function<std::unique_ptr<WorkerService>(std::unique_ptr<Engine> engine,
+                                                       const WorkerFlags& flags)>& make) {
+  auto fail = [name](const absl::Status& status, int code) {
+    std::fprintf(stderr, "%s: %s\n", name, std::string(status.message()).c_str());
+    return code;
+  };
+  const std::vector<FlagSpec> specs = WorkerFlagSpecs();
+  absl::StatusOr<Args> args = Args::Parse(argc, argv, 1, specs);
+  if (!args.ok() || args->Has("help")) {
+    std::fprintf(stderr, "%s%susage: %s [flags]\n\n%s",
+                 args.ok() ? "" : std::string(args.status().message()).c_str(),
+                 args.ok() ? "" : "\n\n", name, Args::Usage(specs).c_str());
+    return 2;
+  }
+  absl::StatusOr<WorkerFlags> flags = WorkerFlagsFromArgs(*args);
+  if (!flags.ok()) return fail(flags.status(), 2);
+  BlockShutdownSignals();
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::FromGguf(flags->model_path, flags->engine);
+  if (!engine.ok()) return fail(engine.status(), 1);
+
+  std::unique_ptr<WorkerService> worker = make(std::move(*engine), *flags);
+  grpc::ServerBuilder builder;
+  worker->RegisterServices(builder);
+  absl::StatusOr<StartedServer> server = StartServer(builder, *flags);
+  if (!server.ok()) return fail(server.status(), 1);
+  // Nobody calls before the registration below tells the router where the worker is.
+  worker->SetAddress(server->address);
+  worker->Start();
+  WorkerRegistration registration(
+      flags->router, MakeRegisterRequest(role, server->address, worker->engine(), worker->layout()),
+      [&worker] { return worker->CurrentLoad(); });
+  registration.Start();
+  LOG(INFO) << name << ": serving on " << server->address << ", "
+            << worker->engine().kv_cache().num_total_blocks() << " KV blocks, router "
+            << flags->router;
+
+  const int signal = WaitForShutdownSignal();
+  LOG(INFO) << "signal " << signal << ": draining " << worker->num_requests() << " requests";
+  registration.Drain();
+  while (worker->num_requests() > 0) absl::SleepFor(absl::Milliseconds(50));
+  registration.Stop();
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  worker->Stop();
+  LOG(INFO) << name << ": drained, exiting";
+  return 0;
 }
 
 }  // namespace tandem

@@ -3,6 +3,7 @@
 #ifndef TANDEM_SERVICE_WORKER_PROCESS_H_
 #define TANDEM_SERVICE_WORKER_PROCESS_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,30 @@ struct StartedServer {
   std::string address;
 };
 absl::StatusOr<StartedServer> StartServer(grpc::ServerBuilder& builder, const WorkerFlags& flags);
+
+// What a worker process runs: its gRPC services around an engine thread.
+class WorkerService {
+ public:
+  virtual ~WorkerService() = default;
+  virtual void RegisterServices(grpc::ServerBuilder& builder) = 0;
+  // host:port the router and peers dial, known once the server is bound (before Start).
+  virtual void SetAddress(const std::string& address) {}
+  virtual void Start() = 0;
+  virtual void Stop() = 0;
+  virtual const Engine& engine() const = 0;
+  virtual const KvLayout& layout() const = 0;
+  virtual v1::WorkerLoad CurrentLoad() const = 0;
+  // Requests it still holds; draining waits for 0.
+  virtual int num_requests() const = 0;
+};
+
+// A worker's main: parses the flags, loads the engine, serves what `make` builds around it,
+// registers with the router, and on SIGTERM/SIGINT deregisters, finishes what it holds and
+// returns 0. `name` prefixes messages ("tandem-decode").
+int RunWorkerProcess(
+    const char* name, v1::WorkerRole role, int argc, char** argv,
+    const std::function<std::unique_ptr<WorkerService>(std::unique_ptr<Engine> engine,
+                                                       const WorkerFlags& flags)>& make);
 
 // The registration request every worker sends.
 v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& address,

@@ -61,7 +61,7 @@ class WorkersTest : public ::testing::Test {
     decode_ = std::make_unique<DecodeWorker>(std::move(*decode_engine), decode_options);
     decode_server_ = Serve({static_cast<v1::Decode::Service*>(decode_.get()),
                             static_cast<v1::KvChannel::Service*>(decode_.get())});
-    decode_->set_address(decode_server_.address);
+    decode_->SetAddress(decode_server_.address);
     decode_->Start();
 
     auto prefill_engine = Engine::FromGguf(testing::DefaultModelPath(), SmallOptions());
@@ -148,8 +148,8 @@ class WorkersTest : public ::testing::Test {
     return result;
   }
 
-  v1::WorkerLoad DecodeLoad() { return decode_->Load(); }
-  v1::WorkerLoad PrefillLoad() { return prefill_->Load(); }
+  v1::WorkerLoad DecodeLoad() { return decode_->CurrentLoad(); }
+  v1::WorkerLoad PrefillLoad() { return prefill_->CurrentLoad(); }
 
   static Engine* reference_;
   std::unique_ptr<DecodeWorker> decode_;
