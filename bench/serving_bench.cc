@@ -42,6 +42,7 @@
 #include "engine/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "service/convert.h"
 #include "service/grpc_status.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
@@ -69,26 +70,10 @@ struct LoadOptions {
   bool progress = true;  // a status line on stderr every kProgressIntervalS
 };
 
-std::string LocationName(v1::PrefillLocation location) {
-  switch (location) {
-    case v1::PREFILL_LOCATION_REMOTE:
-      return "REMOTE";
-    case v1::PREFILL_LOCATION_LOCAL:
-      return "LOCAL";
-    default:
-      return "UNSPECIFIED";
-  }
-}
-
-std::string FinishReasonName(v1::FinishReason reason) {
-  std::string name = v1::FinishReason_Name(reason);
-  return absl::StartsWith(name, "FINISH_REASON_") ? name.substr(14) : name;
-}
-
 bench::ServerFinal FromProto(const v1::GenerateFinal& f) {
   bench::ServerFinal out;
-  out.finish_reason = FinishReasonName(f.finish_reason());
-  out.prefill_location = LocationName(f.prefill_location());
+  out.finish_reason = FinishReasonText(f.finish_reason());
+  out.prefill_location = PrefillLocationText(f.prefill_location());
   out.prompt_tokens = f.prompt_tokens();
   out.completion_tokens = f.completion_tokens();
   out.cached_prompt_tokens = f.cached_prompt_tokens();

@@ -16,8 +16,8 @@ namespace tandem::bench {
 // The fields of the router's GenerateFinal that the bench keeps (times in seconds from the
 // router receiving the request).
 struct ServerFinal {
-  std::string finish_reason;     // "LENGTH", "STOP", ...
-  std::string prefill_location;  // "REMOTE", "LOCAL", "UNSPECIFIED"
+  std::string finish_reason;     // "length", "stop", ... (FinishReasonText)
+  std::string prefill_location;  // "remote", "local", "unspecified" (PrefillLocationText)
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int cached_prompt_tokens = 0;

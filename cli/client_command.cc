@@ -27,6 +27,7 @@
 #include "common/strings.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "service/convert.h"
 #include "service/grpc_status.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
@@ -233,32 +234,6 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   request.set_model(args.GetString("model"));
   request.set_request_id(args.GetString("request-id"));
   return request;
-}
-
-const char* FinishReasonText(v1::FinishReason reason) {
-  switch (reason) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    case v1::FINISH_REASON_CONTEXT:
-      return "context";
-    case v1::FINISH_REASON_ABORTED:
-      return "aborted";
-    default:
-      return "unspecified";
-  }
-}
-
-const char* PrefillLocationText(v1::PrefillLocation location) {
-  switch (location) {
-    case v1::PREFILL_LOCATION_REMOTE:
-      return "remote";
-    case v1::PREFILL_LOCATION_LOCAL:
-      return "local";
-    default:
-      return "unspecified";
-  }
 }
 
 // Decode speed: tokens after the first over the time after the first token.

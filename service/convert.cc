@@ -34,6 +34,32 @@ v1::FinishReason FinishReasonToProto(FinishReason reason) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
+const char* FinishReasonText(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_CONTEXT:
+      return "context";
+    case v1::FINISH_REASON_ABORTED:
+      return "aborted";
+    default:
+      return "unspecified";
+  }
+}
+
+const char* PrefillLocationText(v1::PrefillLocation location) {
+  switch (location) {
+    case v1::PREFILL_LOCATION_REMOTE:
+      return "remote";
+    case v1::PREFILL_LOCATION_LOCAL:
+      return "local";
+    default:
+      return "unspecified";
+  }
+}
+
 namespace {
 
 const char* DtypeName(KvDtype dtype) { return dtype == KvDtype::kF16 ? "f16" : "f32"; }

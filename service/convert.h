@@ -18,6 +18,11 @@ GenerationParams GenerationParamsFromProto(const v1::SamplingParams& sampling);
 
 v1::FinishReason FinishReasonToProto(FinishReason reason);
 
+// Lower-case names for people and JSON: "stop", "length", "context", "aborted"; "remote",
+// "local"; "unspecified" for anything else.
+const char* FinishReasonText(v1::FinishReason reason);
+const char* PrefillLocationText(v1::PrefillLocation location);
+
 v1::KvLayoutProto KvLayoutToProto(const KvLayout& layout);
 // INVALID_ARGUMENT for an unknown dtype or a fingerprint that does not match the fields.
 absl::StatusOr<KvLayout> KvLayoutFromProto(const v1::KvLayoutProto& proto);
