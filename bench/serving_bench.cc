@@ -279,15 +279,6 @@ absl::StatusOr<v1::HealthResponse> WaitReady(v1::Generation::Stub& stub, v1::Pre
   }
 }
 
-absl::StatusOr<v1::PrefillMode> ParseMode(const std::string& mode) {
-  if (mode.empty()) return v1::PREFILL_MODE_UNSPECIFIED;
-  if (mode == "disaggregated") return v1::PREFILL_MODE_DISAGGREGATED;
-  if (mode == "collocated") return v1::PREFILL_MODE_COLLOCATED;
-  if (mode == "auto") return v1::PREFILL_MODE_AUTO;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--mode '", mode, "': expected disaggregated, collocated or auto"));
-}
-
 // A [min, max] range from --NAME or --NAME-min/--NAME-max.
 absl::StatusOr<std::pair<int, int>> TokenRange(const Args& args, const std::string& name,
                                                int fallback) {
@@ -414,7 +405,7 @@ absl::Status BenchServe(const Args& args) {
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 1));
   ASSIGN_OR_RETURN(int64_t warmup, args.GetInt("warmup", 0));
   ASSIGN_OR_RETURN(double wait_ready_s, args.GetDouble("wait-ready", 0));
-  ASSIGN_OR_RETURN(load.mode, ParseMode(args.GetString("mode")));
+  ASSIGN_OR_RETURN(load.mode, PrefillModeFromText(args.GetString("mode")));
   if (args.Has("rate") && !(load.rate > 0)) {
     return absl::InvalidArgumentError("--rate must be > 0");
   }

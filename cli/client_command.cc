@@ -162,15 +162,6 @@ absl::StatusOr<std::vector<int32_t>> ParseTokenIds(const std::string& text) {
   return ids;
 }
 
-absl::StatusOr<v1::PrefillMode> ParseMode(const std::string& mode) {
-  if (mode.empty()) return v1::PREFILL_MODE_UNSPECIFIED;
-  if (mode == "disaggregated") return v1::PREFILL_MODE_DISAGGREGATED;
-  if (mode == "collocated") return v1::PREFILL_MODE_COLLOCATED;
-  if (mode == "auto") return v1::PREFILL_MODE_AUTO;
-  return absl::InvalidArgumentError(
-      absl::StrFormat("--mode: '%s' is not disaggregated, collocated or auto", mode));
-}
-
 absl::StatusOr<int32_t> Int32Flag(const Args& args, const char* name, int64_t fallback,
                                   int64_t min) {
   ASSIGN_OR_RETURN(int64_t value, args.GetInt(name, fallback));
@@ -229,7 +220,7 @@ absl::StatusOr<v1::GenerateRequest> RequestFromArgs(const Args& args) {
   for (const std::string& stop : args.GetAll("stop")) sampling->add_stop(stop);
   sampling->set_ignore_eos(args.Has("ignore-eos"));
 
-  ASSIGN_OR_RETURN(v1::PrefillMode mode, ParseMode(args.GetString("mode")));
+  ASSIGN_OR_RETURN(v1::PrefillMode mode, PrefillModeFromText(args.GetString("mode")));
   request.set_mode(mode);
   request.set_model(args.GetString("model"));
   request.set_request_id(args.GetString("request-id"));

@@ -19,8 +19,6 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
 // net only: the worker enforces its deadlines first, knowing which blocks a transfer writes.
 constexpr absl::Duration kEngineDeadlineSlack = absl::Minutes(1);
 
-double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
-
 }  // namespace
 
 DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options)
@@ -313,10 +311,11 @@ void DecodeWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs
     final->set_prefill_location(ticket.local ? v1::PREFILL_LOCATION_LOCAL
                                              : v1::PREFILL_LOCATION_REMOTE);
     if (ticket.local && ticket.first_token_at != absl::Time()) {
-      final->mutable_timings()->set_prefill(Seconds(ticket.first_token_at - ticket.reserved_at));
+      final->mutable_timings()->set_prefill(
+          absl::ToDoubleSeconds(ticket.first_token_at - ticket.reserved_at));
     }
     if (ticket.first_token_at != absl::Time()) {
-      final->mutable_timings()->set_decode(Seconds(now - ticket.first_token_at));
+      final->mutable_timings()->set_decode(absl::ToDoubleSeconds(now - ticket.first_token_at));
     }
     if (out.finish_reason == FinishReason::kAborted && ticket.error.ok()) {
       ticket.error = absl::CancelledError("aborted");

@@ -13,8 +13,6 @@ namespace {
 
 constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
 
-double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
-
 }  // namespace
 
 PrefillWorker::PrefillWorker(std::unique_ptr<Engine> engine, const PrefillWorkerOptions& options)
@@ -240,8 +238,8 @@ grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
   absl::MutexLock lock(&mu_);
   response->set_first_token(job->first_token);
   response->set_cached_prompt_tokens(job->cached_tokens);
-  response->set_prefill_s(Seconds(job->prefill_done - start));
-  response->set_kv_transfer_s(Seconds(acked - job->prefill_done));
+  response->set_prefill_s(absl::ToDoubleSeconds(job->prefill_done - start));
+  response->set_kv_transfer_s(absl::ToDoubleSeconds(acked - job->prefill_done));
   return grpc::Status::OK;
 }
 

@@ -60,6 +60,15 @@ const char* PrefillLocationText(v1::PrefillLocation location) {
   }
 }
 
+absl::StatusOr<v1::PrefillMode> PrefillModeFromText(const std::string& mode) {
+  if (mode.empty()) return v1::PREFILL_MODE_UNSPECIFIED;
+  if (mode == "disaggregated") return v1::PREFILL_MODE_DISAGGREGATED;
+  if (mode == "collocated") return v1::PREFILL_MODE_COLLOCATED;
+  if (mode == "auto") return v1::PREFILL_MODE_AUTO;
+  return absl::InvalidArgumentError(
+      Cat("--mode '", mode, "': expected disaggregated, collocated or auto"));
+}
+
 namespace {
 
 const char* DtypeName(KvDtype dtype) { return dtype == KvDtype::kF16 ? "f16" : "f32"; }

@@ -22,6 +22,9 @@ v1::FinishReason FinishReasonToProto(FinishReason reason);
 // "local"; "unspecified" for anything else.
 const char* FinishReasonText(v1::FinishReason reason);
 const char* PrefillLocationText(v1::PrefillLocation location);
+// A --mode flag: "" (the router's mode), "disaggregated", "collocated" or "auto";
+// INVALID_ARGUMENT otherwise.
+absl::StatusOr<v1::PrefillMode> PrefillModeFromText(const std::string& mode);
 
 v1::KvLayoutProto KvLayoutToProto(const KvLayout& layout);
 // INVALID_ARGUMENT for an unknown dtype or a fingerprint that does not match the fields.
