@@ -11,7 +11,7 @@ namespace tandem::router {
 namespace {
 
 absl::Status ValidateSampling(const v1::SamplingParams& s) {
-  if (s.max_tokens() <= 0) {
+  if (s.has_max_tokens() && s.max_tokens() <= 0) {
     return absl::InvalidArgumentError(Cat("sampling.max_tokens must be > 0, got ", s.max_tokens()));
   }
   if (s.has_temperature() && !(std::isfinite(s.temperature()) && s.temperature() >= 0)) {
@@ -116,15 +116,16 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateReque
     return absl::InvalidArgumentError(
         Cat("prompt has ", n_prompt, " tokens; the context is ", context));
   }
-  const int64_t max_tokens = request.sampling().max_tokens();
+  ValidatedRequest out;
+  out.sampling = request.sampling();
+  if (!out.sampling.has_max_tokens()) out.sampling.set_max_tokens(context - n_prompt);
+  const int64_t max_tokens = out.sampling.max_tokens();
   if (n_prompt + max_tokens > context) {
     return absl::InvalidArgumentError(Cat("sampling.max_tokens ", max_tokens, " plus the prompt's ",
                                           n_prompt, " tokens exceeds the context of ", context,
                                           " (at most ", context - n_prompt, ")"));
   }
-  ValidatedRequest out;
   out.prompt_tokens = std::move(*tokens);
-  out.sampling = request.sampling();
   return out;
 }
 

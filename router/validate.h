@@ -17,7 +17,8 @@ inline constexpr int kMaxStopStrings = 16;
 
 struct ValidatedRequest {
   std::vector<int32_t> prompt_tokens;
-  v1::SamplingParams sampling;  // as the client sent it (defaults are the workers')
+  // As the client sent it (defaults are the workers'), with max_tokens filled in when unset.
+  v1::SamplingParams sampling;
 };
 
 absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateRequest& request,

@@ -169,9 +169,16 @@ TEST_F(ValidateTest, BadSampling) {
   for (int i = 0; i <= kMaxStopStrings; ++i)
     many.mutable_sampling()->mutable_stop()->Add(std::string("s"));
   ExpectInvalid(many, "sampling.stop");
+}
+
+// Without max_tokens the request may generate as many tokens as the context leaves.
+TEST_F(ValidateTest, UnsetMaxTokensFillsTheContext) {
   v1::GenerateRequest no_sampling;
   no_sampling.set_prompt("Hello");
-  ExpectInvalid(no_sampling, "sampling.max_tokens");
+  absl::StatusOr<ValidatedRequest> v = ValidateGenerateRequest(no_sampling, *model_);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->sampling.max_tokens(),
+            model_->context_length() - static_cast<int>(v->prompt_tokens.size()));
 }
 
 TEST_F(ValidateTest, ContextLimits) {
