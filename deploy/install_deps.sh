@@ -6,6 +6,7 @@ packages=(
   libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   clang libclang-rt-14-dev
+  libssl-dev openssl
 )
 missing=()
 for p in "${packages[@]}"; do
