@@ -15,8 +15,8 @@
 #                           matmul dies with a general protection fault on the first prefill
 #                           (seen with 0.3.36 and SmolLM2 Q4_1). Set 1 to keep AMX.
 #        PIP                default: python3 -m pip
-# Idempotent: if both binaries exist for the pinned version it only prints their paths.
-# Prints, last, two lines:  LLAMA_BENCH=<path>  and  LLAMA_BATCHED_BENCH=<path>
+# Idempotent: if the three binaries exist for the pinned version it only prints their paths.
+# Prints, last, three lines:  LLAMA_BENCH=<path>  LLAMA_BATCHED_BENCH=<path>  LLAMA_SERVER=<path>
 set -euo pipefail
 
 TANDEM_HOME="${TANDEM_HOME:-$HOME/.cache/tandem}"
@@ -39,14 +39,15 @@ if [[ "$AMX" != 1 ]]; then
     EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
   fi
 fi
-CONFIG_ID="llama-cpp-python $VER sdist; native; amx=$AMX; flags='$EXTRA_FLAGS'"
+CONFIG_ID="llama-cpp-python $VER sdist; native; amx=$AMX; flags='$EXTRA_FLAGS'; server=1"
 
 print_paths() {
   echo "LLAMA_BENCH=$BIN/llama-bench"
   echo "LLAMA_BATCHED_BENCH=$BIN/llama-batched-bench"
+  echo "LLAMA_SERVER=$BIN/llama-server"
 }
 
-if [[ -f "$STAMP" && -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" ]] \
+if [[ -f "$STAMP" && -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" && -x "$BIN/llama-server" ]] \
    && [[ "$(head -1 "$STAMP")" == "$CONFIG_ID" ]]; then
   echo "llama.cpp already built ($(tr '\n' ' ' < "$STAMP"))" >&2
   print_paths
@@ -80,7 +81,9 @@ if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
   rm -rf "$SRC_PARENT.tmp"
 fi
 
-# 3. Configure: Release, CPU only, no curl/tests/server/examples.
+# 3. Configure: Release, CPU only, no curl/tests/examples. The server is built without its web
+#    UI: building it needs npm and the prebuilt one is downloaded from Hugging Face, neither of
+#    which the project's machines reach (the HTTP API is all the benchmarks use).
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" \
@@ -91,15 +94,17 @@ cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" \
   -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF \
-  -DLLAMA_BUILD_SERVER=OFF \
+  -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_BUILD_UI=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF \
   -DLLAMA_BUILD_TOOLS=ON \
   -DLLAMA_BUILD_COMMON=ON \
   -DCMAKE_C_FLAGS="$EXTRA_FLAGS" -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" >&2
 
-# 4. Build only the two benchmark tools.
-cmake --build "$BUILD" --config Release -j "$JOBS" --target llama-bench llama-batched-bench >&2
+# 4. Build only the two benchmark tools and the server (an incremental build after the first).
+cmake --build "$BUILD" --config Release -j "$JOBS" --target llama-bench llama-batched-bench llama-server >&2
 
-[[ -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" ]] || {
+[[ -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" && -x "$BIN/llama-server" ]] || {
   echo "build.sh: build finished but binaries are missing under $BIN" >&2; exit 1; }
 
 rm -f "$STAMP"
