@@ -42,8 +42,10 @@
 #include "engine/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "service/api_key.h"
 #include "service/convert.h"
 #include "service/grpc_status.h"
+#include "service/tls.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
 namespace tandem::cli {
@@ -68,6 +70,7 @@ struct LoadOptions {
   std::string request_id_prefix;
   uint64_t seed = 1;
   bool progress = true;  // a status line on stderr every kProgressIntervalS
+  std::string api_key;   // sent as "authorization: Bearer"; empty: none
 };
 
 bench::ServerFinal FromProto(const v1::GenerateFinal& f) {
@@ -138,6 +141,7 @@ class LoadGenerator {
 
     grpc::ClientContext context;
     SetDeadline(context, options_.timeout);
+    AddApiKeyMetadata(context, options_.api_key);
     record.send_s = Now();
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
         stub_.Generate(&context, request);
@@ -313,9 +317,11 @@ absl::Status WriteJson(const std::string& path, const json& config, const json& 
 
 // The router's model (null when ListModels fails, with a warning); INVALID_ARGUMENT when the
 // longest request would not fit its context.
-absl::StatusOr<json> CheckModel(v1::Generation::Stub& stub, const bench::WorkloadOptions& w) {
+absl::StatusOr<json> CheckModel(v1::Generation::Stub& stub, const bench::WorkloadOptions& w,
+                                const std::string& api_key) {
   grpc::ClientContext context;
   SetDeadline(context, absl::Seconds(5));
+  AddApiKeyMetadata(context, api_key);
   v1::ListModelsResponse models;
   const grpc::Status status = stub.ListModels(&context, v1::ListModelsRequest(), &models);
   if (!status.ok() || models.models_size() == 0) {
@@ -390,6 +396,8 @@ std::vector<FlagSpec> ServeFlagSpecs() {
       {"wait-ready", false, "wait up to S seconds for the router to be serving (default 0)"},
       {"model", false, "default|PATH: the tokenizer that builds the prompts (default: default)"},
       {"quiet", true, "no progress lines on stderr"},
+      {"api-key", false, "API key, sent as 'authorization: Bearer' (default: $TANDEM_API_KEY)"},
+      {"tls-ca", false, "PEM CA of the router's certificate: connect with TLS"},
       {"help", true, "this list"},
   };
 }
@@ -406,6 +414,7 @@ absl::Status BenchServe(const Args& args) {
   ASSIGN_OR_RETURN(int64_t warmup, args.GetInt("warmup", 0));
   ASSIGN_OR_RETURN(double wait_ready_s, args.GetDouble("wait-ready", 0));
   ASSIGN_OR_RETURN(load.mode, PrefillModeFromText(args.GetString("mode")));
+  load.api_key = ClientApiKey(args.GetString("api-key"));
   if (args.Has("rate") && !(load.rate > 0)) {
     return absl::InvalidArgumentError("--rate must be > 0");
   }
@@ -454,15 +463,16 @@ absl::Status BenchServe(const Args& args) {
   tokenizer.reset();
   gguf.reset();
 
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(router, grpc::InsecureChannelCredentials());
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   ClientChannelCredentials(args.GetString("tls-ca")));
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(router, credentials);
   std::unique_ptr<v1::Generation::Stub> stub = v1::Generation::NewStub(channel);
   ASSIGN_OR_RETURN(v1::HealthResponse health,
                    WaitReady(*stub, load.mode, absl::Seconds(wait_ready_s), router));
   std::fprintf(stderr, "router %s: %s\n", router.c_str(), DescribeHealth(health).c_str());
   if (load.num_requests == 0) return absl::OkStatus();  // --wait-ready alone
 
-  ASSIGN_OR_RETURN(json model_info, CheckModel(*stub, workload_options));
+  ASSIGN_OR_RETURN(json model_info, CheckModel(*stub, workload_options, load.api_key));
 
   json config;
   config["label"] = args.GetString("label");

@@ -27,8 +27,10 @@
 #include "common/strings.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "service/api_key.h"
 #include "service/convert.h"
 #include "service/grpc_status.h"
+#include "service/tls.h"
 #include "tandem/v1/generation.grpc.pb.h"
 
 namespace tandem::cli {
@@ -64,6 +66,8 @@ std::vector<FlagSpec> ClientFlagSpecs() {
       {"json", true, "print one JSON object to stdout instead of text and a summary"},
       {"health", true, "print the router's health and its workers"},
       {"list-models", true, "print the models the router serves"},
+      {"api-key", false, "API key, sent as 'authorization: Bearer' (default: $TANDEM_API_KEY)"},
+      {"tls-ca", false, "PEM CA of the router's certificate: connect with TLS"},
       {"help", true, "this text"},
   };
 }
@@ -303,6 +307,7 @@ absl::Status Generate(v1::Generation::Stub& stub, const Args& args, const std::s
 
   grpc::ClientContext context;
   if (timeout != absl::InfiniteDuration()) SetDeadline(context, timeout);
+  AddApiKeyMetadata(context, ClientApiKey(args.GetString("api-key")));
   canceller.Arm(&context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
       stub.Generate(&context, request);
@@ -404,6 +409,7 @@ absl::Status ListModels(v1::Generation::Stub& stub, const Args& args, const std:
   grpc::ClientContext context;
   SetDeadline(context, timeout);
   canceller.Arm(&context);
+  AddApiKeyMetadata(context, ClientApiKey(args.GetString("api-key")));
   v1::ListModelsResponse models;
   const grpc::Status status = stub.ListModels(&context, v1::ListModelsRequest(), &models);
   canceller.Disarm();
@@ -437,8 +443,9 @@ absl::Status Client(const Args& args) {
   const std::string router = args.GetString("router", kDefaultRouter);
   if (router.empty()) return absl::InvalidArgumentError("--router must not be empty");
   SignalCanceller canceller;  // before the channel starts gRPC's threads
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(router, grpc::InsecureChannelCredentials());
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   ClientChannelCredentials(args.GetString("tls-ca")));
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(router, credentials);
   std::unique_ptr<v1::Generation::Stub> stub = v1::Generation::NewStub(channel);
   if (args.Has("health")) return Health(*stub, args, router, canceller);
   if (args.Has("list-models")) return ListModels(*stub, args, router, canceller);

@@ -5,6 +5,7 @@
 
 #include "common/logging.h"
 #include "common/strings.h"
+#include "kvtransfer/channel_token.h"
 #include "kvtransfer/layer_receiver.h"
 #include "kvtransfer/tcp_transport.h"
 #include "service/convert.h"
@@ -30,6 +31,9 @@ DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOpt
       std::move(engine),
       [this](Engine& e, std::vector<RequestOutput>& outputs) { OnOutputs(e, outputs); },
       [this](Engine& e) { OnTick(e); });
+  metrics_ = std::make_unique<WorkerMetrics>(
+      WorkerMetricsOptions{options.model_name, "decode", "received"}, *loop_,
+      [this] { return CurrentLoad(); });
 }
 
 DecodeWorker::~DecodeWorker() { Stop(); }
@@ -109,6 +113,7 @@ grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
     by_engine_id_[id] = ticket;
     return absl::OkStatus();
   });
+  metrics_->CountReservation(status);
   if (!status.ok()) return ToGrpcStatus(status);
 
   v1::Ticket* out = response->mutable_ticket();
@@ -292,8 +297,13 @@ void DecodeWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs
     if (it == by_engine_id_.end()) continue;
     Ticket& ticket = *it->second;
     if (!out.new_tokens.empty() || !out.new_text.empty()) {
-      if (ticket.num_generated == 0 && !out.new_tokens.empty()) ticket.first_token_at = now;
+      if (ticket.num_generated == 0 && !out.new_tokens.empty()) {
+        ticket.first_token_at = now;
+        // A remote request's prompt was counted by its prefill worker.
+        if (ticket.local) metrics_->prompt_tokens.Increment(ticket.num_prompt_tokens);
+      }
       ticket.num_generated += static_cast<int32_t>(out.new_tokens.size());
+      metrics_->generation_tokens.Increment(static_cast<double>(out.new_tokens.size()));
       v1::DecodeEvent& event = ticket.events.emplace_back();
       event.mutable_delta()->set_text(std::move(out.new_text));
       event.mutable_delta()->mutable_token_ids()->Add(out.new_tokens.begin(),
@@ -350,12 +360,17 @@ grpc::Status DecodeWorker::Transfer(
   absl::StatusOr<std::unique_ptr<TcpTransportListener>> listener =
       TcpTransportListener::Listen(options_.listen_host, 0);
   if (!listener.ok()) return ToGrpcStatus(listener.status());
+  // Whoever reaches the port must also present this token, which only the control
+  // stream's peer has.
+  absl::StatusOr<std::string> token = NewChannelToken();
+  if (!token.ok()) return ToGrpcStatus(token.status());
   v1::KvToPrefill reply;
   *reply.mutable_accepted_layout() = KvLayoutToProto(layout_);
   reply.set_data_address(Cat(options_.advertise_host, ":", (*listener)->port()));
+  reply.set_data_token(*token);
   if (!stream->Write(reply)) return grpc::Status::CANCELLED;
   absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
-      (*listener)->Accept(absl::Now() + options_.transfer_timeout);
+      AcceptWithChannelToken(**listener, *token, absl::Now() + options_.transfer_timeout);
   (*listener)->Close();
   if (!transport.ok()) return ToGrpcStatus(transport.status());
   absl::StatusOr<std::unique_ptr<LayerReceiver>> receiver =
@@ -363,9 +378,13 @@ grpc::Status DecodeWorker::Transfer(
   if (!receiver.ok()) return ToGrpcStatus(receiver.status());
 
   uint64_t receiving = 0;  // the ticket of the transfer in progress
+  absl::Time begun;        // when its Begin arrived
   auto fail = [&](absl::Status status) {
     (*transport)->Close();
-    if (receiving != 0) AbandonTransfer(receiving);
+    if (receiving != 0) {
+      metrics_->CountTransfer("failed");
+      AbandonTransfer(receiving);
+    }
     if (!status.ok()) LOG(WARNING) << "KV channel closed: " << status.message();
     return ToGrpcStatus(status);
   };
@@ -393,6 +412,7 @@ grpc::Status DecodeWorker::Transfer(
       }
       if (refused.ok()) {
         receiving = ticket->id;
+        begun = absl::Now();
         refused = (*receiver)->Begin(ticket->blocks, begin.num_tokens());
         if (!refused.ok()) {
           AbandonTransfer(receiving);
@@ -402,6 +422,7 @@ grpc::Status DecodeWorker::Transfer(
       if (refused.ok()) {
         reply.set_begun_ticket_id(begin.ticket_id());
       } else {
+        metrics_->CountTransfer("refused");
         reply.set_error(std::string(refused.message()));
       }
     } else if (message.has_layer()) {
@@ -409,6 +430,7 @@ grpc::Status DecodeWorker::Transfer(
       absl::Status status = (*receiver)->RecvLayer(message.layer().layer(),
                                                    absl::Now() + options_.transfer_timeout);
       if (!status.ok()) return fail(status);
+      metrics_->kv_transfer_bytes.Increment(static_cast<double>((*receiver)->layer_bytes()));
       continue;  // layers are not acknowledged one by one
     } else if (message.has_end()) {
       const v1::KvEnd& end = message.end();
@@ -425,6 +447,8 @@ grpc::Status DecodeWorker::Transfer(
         return status;
       });
       receiving = 0;
+      metrics_->kv_transfer_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - begun));
+      metrics_->CountTransfer(admitted.ok() ? "ok" : "refused");
       if (admitted.ok()) {
         reply.set_acked_ticket_id(end.ticket_id());
       } else {

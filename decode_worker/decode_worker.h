@@ -19,6 +19,7 @@
 #include "engine/engine.h"
 #include "kvtransfer/kv_layout.h"
 #include "service/engine_loop.h"
+#include "service/worker_metrics.h"
 #include "service/worker_process.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
@@ -28,6 +29,7 @@ struct DecodeWorkerOptions {
   std::string listen_host;  // where KV data connections are accepted
   std::string advertise_host;
   absl::Duration transfer_timeout = absl::Seconds(30);  // per layer and per reply
+  std::string model_name;  // metrics' model_name label (WorkerFlags::model_name)
 };
 
 class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Service,
@@ -50,6 +52,7 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
   v1::WorkerLoad CurrentLoad() const override;
   // Requests held (reserved, receiving, running or not yet streamed).
   int num_requests() const override;
+  const metrics::Registry* metrics() const override { return &metrics_->registry(); }
 
   grpc::Status Reserve(grpc::ServerContext* context, const v1::ReserveRequest* request,
                        v1::ReserveResponse* response) override;
@@ -112,6 +115,7 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
   ModelRunner* runner_ = nullptr;  // for WriteKvLayer from transfer threads (disjoint blocks)
   KvLayout layout_;
   std::unique_ptr<EngineLoop> loop_;
+  std::unique_ptr<WorkerMetrics> metrics_;
 
   mutable absl::Mutex mu_;
   std::string address_ ABSL_GUARDED_BY(mu_);

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
         tandem::DecodeWorkerOptions options;
         options.listen_host = flags.host;
         options.advertise_host = flags.advertise_host;
+        options.model_name = flags.model_name;
         return std::make_unique<tandem::DecodeWorker>(std::move(engine), options);
       });
 }

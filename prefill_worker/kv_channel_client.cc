@@ -6,6 +6,7 @@
 #include "common/status_macros.h"
 #include "absl/strings/numbers.h"
 #include "common/strings.h"
+#include "kvtransfer/channel_token.h"
 #include "service/convert.h"
 #include "service/grpc_status.h"
 
@@ -26,10 +27,11 @@ KvChannelClient::~KvChannelClient() {
 
 absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
     const std::string& decode_address, ModelRunner* runner, const KvLayout& layout,
-    absl::Time deadline) {
+    absl::Time deadline, std::shared_ptr<grpc::ChannelCredentials> credentials) {
   std::unique_ptr<KvChannelClient> channel(new KvChannelClient(decode_address, runner, layout));
-  channel->grpc_channel_ =
-      grpc::CreateChannel(decode_address, grpc::InsecureChannelCredentials());
+  channel->grpc_channel_ = grpc::CreateChannel(
+      decode_address,
+      credentials != nullptr ? std::move(credentials) : grpc::InsecureChannelCredentials());
   channel->stub_ = v1::KvChannel::NewStub(channel->grpc_channel_);
   channel->stream_ = channel->stub_->Transfer(&channel->context_);
   channel->watchdog_ = std::thread([c = channel.get()] { c->Watchdog(); });
@@ -58,6 +60,10 @@ absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
       TcpTransport::Connect(host, port, options);
   if (!transport.ok()) return channel->Break(transport.status());
   channel->transport_ = std::move(*transport);
+  if (absl::Status s = PresentChannelToken(*channel->transport_, reply.data_token(), deadline);
+      !s.ok()) {
+    return channel->Break(s);
+  }
   absl::StatusOr<std::unique_ptr<LayerSender>> sender =
       LayerSender::Create(runner, layout, peer, channel->transport_.get());
   if (!sender.ok()) return channel->Break(sender.status());

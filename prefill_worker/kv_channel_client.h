@@ -27,10 +27,12 @@ namespace tandem {
 class KvChannelClient {
  public:
   // Opens the channel: Open on the control stream (FAILED_PRECONDITION naming the field
-  // when the layouts differ), then the data connection. Every step by `deadline`.
+  // when the layouts differ), then the data connection, which first presents the channel's
+  // token from the Open reply. Every step by `deadline`. `credentials`: the control
+  // stream's (null: plaintext).
   static absl::StatusOr<std::unique_ptr<KvChannelClient>> Open(
       const std::string& decode_address, ModelRunner* runner, const KvLayout& layout,
-      absl::Time deadline);
+      absl::Time deadline, std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~KvChannelClient();
   KvChannelClient(const KvChannelClient&) = delete;
   KvChannelClient& operator=(const KvChannelClient&) = delete;

@@ -10,7 +10,9 @@ int main(int argc, char** argv) {
       "tandem-prefill", tandem::v1::WORKER_ROLE_PREFILL, argc, argv,
       [](std::unique_ptr<tandem::Engine> engine, const tandem::WorkerFlags& flags)
           -> std::unique_ptr<tandem::WorkerService> {
-        return std::make_unique<tandem::PrefillWorker>(std::move(engine),
-                                                       tandem::PrefillWorkerOptions{});
+        tandem::PrefillWorkerOptions options;
+        options.kv_channel_credentials = tandem::MakeChannelCredentials(flags.tls);
+        options.model_name = flags.model_name;
+        return std::make_unique<tandem::PrefillWorker>(std::move(engine), options);
       });
 }

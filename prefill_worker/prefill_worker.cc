@@ -26,6 +26,9 @@ PrefillWorker::PrefillWorker(std::unique_ptr<Engine> engine, const PrefillWorker
       std::move(engine),
       [this](Engine& e, std::vector<RequestOutput>& outputs) { OnOutputs(e, outputs); },
       nullptr);
+  metrics_ = std::make_unique<WorkerMetrics>(
+      WorkerMetricsOptions{options.model_name, "prefill", "sent"}, *loop_,
+      [this] { return CurrentLoad(); });
 }
 
 PrefillWorker::~PrefillWorker() { Stop(); }
@@ -134,8 +137,9 @@ absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
       std::min(deadline, absl::Now() + options_.channel_open_timeout);
   if (slot->channel == nullptr || slot->channel->broken()) {
     slot->channel.reset();
-    ASSIGN_OR_RETURN(slot->channel, KvChannelClient::Open(ticket.decode_address(), runner_,
-                                                          layout_, open_deadline));
+    ASSIGN_OR_RETURN(slot->channel,
+                     KvChannelClient::Open(ticket.decode_address(), runner_, layout_,
+                                           open_deadline, options_.kv_channel_credentials));
   }
   KvChannelClient& channel = *slot->channel;
   auto reply_deadline = [&] { return std::min(deadline, absl::Now() + options_.transfer_timeout); };
@@ -144,13 +148,21 @@ absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
     absl::MutexLock lock(&mu_);
     blocks = job.blocks;
   }
-  RETURN_IF_ERROR(channel.Begin(ticket.ticket_id(), blocks, job.num_prompt_tokens,
-                                reply_deadline()));
+  if (absl::Status begun = channel.Begin(ticket.ticket_id(), blocks, job.num_prompt_tokens,
+                                         reply_deadline());
+      !begun.ok()) {
+    metrics_->CountTransfer(channel.broken() ? "failed" : "refused");
+    return begun;
+  }
+  const absl::Time begun_at = absl::Now();
+  const double layer_bytes =
+      static_cast<double>(runner_->KvLayerBytes(static_cast<int64_t>(blocks.size())));
   // From here the decode side expects every layer: a failure must break the channel.
   absl::Status status;
   for (int layer = 0; layer < n_layers && status.ok(); ++layer) {
     status = WaitFor(job, context, deadline, [&] { return job.layers_ready > layer; });
     if (status.ok()) status = channel.SendLayer(layer, reply_deadline());
+    if (status.ok()) metrics_->kv_transfer_bytes.Increment(layer_bytes);
   }
   if (status.ok()) status = WaitFor(job, context, deadline, [&] { return job.finished; });
   int32_t first_token = -1;
@@ -161,9 +173,17 @@ absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
   }
   if (!status.ok()) {
     channel.Close();
+    metrics_->CountTransfer("failed");
     return status;
   }
-  return channel.End(ticket.ticket_id(), first_token, reply_deadline());
+  absl::Status ended = channel.End(ticket.ticket_id(), first_token, reply_deadline());
+  if (ended.ok()) {
+    metrics_->kv_transfer_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - begun_at));
+    metrics_->CountTransfer("ok");
+  } else {
+    metrics_->CountTransfer(channel.broken() ? "failed" : "refused");
+  }
+  return ended;
 }
 
 grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
@@ -235,6 +255,7 @@ grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
     LOG(WARNING) << "prefill of " << job->request_id << " failed: " << status;
     return ToGrpcStatus(status);
   }
+  metrics_->prompt_tokens.Increment(job->num_prompt_tokens);
   absl::MutexLock lock(&mu_);
   response->set_first_token(job->first_token);
   response->set_cached_prompt_tokens(job->cached_tokens);

@@ -20,6 +20,7 @@
 #include "kvtransfer/kv_layout.h"
 #include "prefill_worker/kv_channel_client.h"
 #include "service/engine_loop.h"
+#include "service/worker_metrics.h"
 #include "service/worker_process.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
@@ -28,6 +29,9 @@ namespace tandem {
 struct PrefillWorkerOptions {
   absl::Duration transfer_timeout = absl::Seconds(30);  // per layer and per reply
   absl::Duration channel_open_timeout = absl::Seconds(10);
+  std::string model_name;  // metrics' model_name label (WorkerFlags::model_name)
+  // How KV channels reach decode workers (mutual TLS with --tls-*); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> kv_channel_credentials = nullptr;
 };
 
 class PrefillWorker final : public v1::Prefill::Service,
@@ -46,6 +50,7 @@ class PrefillWorker final : public v1::Prefill::Service,
   const Engine& engine() const override { return loop_->engine_for_constants(); }
   v1::WorkerLoad CurrentLoad() const override;
   int num_requests() const override;
+  const metrics::Registry* metrics() const override { return &metrics_->registry(); }
 
   grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
                        v1::PrefillResponse* response) override;
@@ -90,6 +95,7 @@ class PrefillWorker final : public v1::Prefill::Service,
   ModelRunner* runner_ = nullptr;  // ReadKvLayer from handler threads (held blocks only)
   KvLayout layout_;
   std::unique_ptr<EngineLoop> loop_;
+  std::unique_ptr<WorkerMetrics> metrics_;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<RequestId, std::shared_ptr<Job>> by_engine_id_ ABSL_GUARDED_BY(mu_);

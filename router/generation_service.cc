@@ -16,13 +16,20 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
                                          const v1::GenerateRequest* request,
                                          grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const absl::Time received = absl::Now();
+  if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) return ToGrpcStatus(s);
   absl::StatusOr<ValidatedRequest> validated = ValidateGenerateRequest(*request, model_);
-  if (!validated.ok()) return ToGrpcStatus(validated.status());
+  if (!validated.ok()) {
+    grpc::Status refused = ToGrpcStatus(validated.status());
+    coordinator_.CountRejected(refused);
+    return refused;
+  }
 
   if (in_flight_.fetch_add(1) >= options_.max_queue) {
     in_flight_.fetch_sub(1);
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        Cat("router queue full (", options_.max_queue, " requests)"));
+    grpc::Status full(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      Cat("router queue full (", options_.max_queue, " requests)"));
+    coordinator_.CountRejected(full);
+    return full;
   }
   grpc::Status status =
       coordinator_.Generate(*context, *request, std::move(*validated), received, *writer);
@@ -33,6 +40,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
 grpc::Status GenerationService::ListModels(grpc::ServerContext* context,
                                            const v1::ListModelsRequest* request,
                                            v1::ListModelsResponse* response) {
+  if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) return ToGrpcStatus(s);
   v1::ModelInfo* info = response->add_models();
   info->set_id(model_.id());
   info->set_context_length(model_.context_length());
@@ -43,6 +51,7 @@ grpc::Status GenerationService::ListModels(grpc::ServerContext* context,
 grpc::Status GenerationService::Health(grpc::ServerContext* context,
                                        const v1::HealthRequest* request,
                                        v1::HealthResponse* response) {
+  // NOTE: no API key: load balancers and `tandem client --health` probe it.
   *response = MakeHealth(options_.mode, registry_.Snapshot());
   return grpc::Status::OK;
 }

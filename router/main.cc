@@ -47,8 +47,14 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<Router>> router = Router::Start(*options);
   if (!router.ok()) return Fail(router.status());
-  std::fprintf(stderr, "tandem-router: serving on %s, mode %s, model %s (%s), prefill policy %s\n",
-               (*router)->address().c_str(), std::string(RouterModeName(options->mode)).c_str(),
+  const std::string http = (*router)->http_address();
+  const char* scheme = options->tls.cert.empty() ? "http" : "https";
+  std::fprintf(stderr,
+               "tandem-router: serving on %s (gRPC), %s%s%s%s, mode %s, model %s (%s), "
+               "prefill policy %s\n",
+               (*router)->address().c_str(), http.empty() ? "no HTTP API" : scheme,
+               http.empty() ? "" : "://", http.c_str(), http.empty() ? "" : " (HTTP API)",
+               std::string(RouterModeName(options->mode)).c_str(),
                (*router)->model().id().c_str(), (*router)->model().path().c_str(),
                std::string(PrefillPolicyName(options->prefill_policy)).c_str());
   std::fflush(stderr);

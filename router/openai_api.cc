@@ -6,8 +6,6 @@
 
 #include "common/strings.h"
 #include "nlohmann/json.hpp"
-#include "router/validate.h"
-#include "service/grpc_status.h"
 
 namespace tandem::router::openai {
 namespace {
@@ -331,11 +329,11 @@ Error BadRequest(std::string message, std::string param) {
   return Error{400, "invalid_request_error", std::move(message), std::move(param), ""};
 }
 
-Error ErrorFromStatus(grpc::StatusCode code, std::string message) {
+Error ErrorFromStatus(absl::StatusCode code, std::string message) {
   switch (code) {
-    case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::OUT_OF_RANGE:
-    case grpc::StatusCode::FAILED_PRECONDITION: {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition: {
       // Validation names the field first: "sampling.top_p must be ...", "prompt has ...",
       // "chat.messages[0].role ...", "token_ids.ids[3] = ...".
       std::string param;
@@ -350,21 +348,21 @@ Error ErrorFromStatus(grpc::StatusCode code, std::string message) {
       }
       return BadRequest(std::move(message), std::move(param));
     }
-    case grpc::StatusCode::UNAUTHENTICATED:
+    case absl::StatusCode::kUnauthenticated:
       return {401, "authentication_error", std::move(message), "", "invalid_api_key"};
-    case grpc::StatusCode::PERMISSION_DENIED:
+    case absl::StatusCode::kPermissionDenied:
       return {403, "permission_error", std::move(message), "", ""};
-    case grpc::StatusCode::NOT_FOUND:
+    case absl::StatusCode::kNotFound:
       return {404, "not_found_error", std::move(message), "", ""};
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case absl::StatusCode::kResourceExhausted:
       return {429, "rate_limit_error", std::move(message), "", "overloaded"};
-    case grpc::StatusCode::UNAVAILABLE:
+    case absl::StatusCode::kUnavailable:
       return {503, "service_unavailable", std::move(message), "", "unavailable"};
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case absl::StatusCode::kDeadlineExceeded:
       return {504, "timeout", std::move(message), "", ""};
-    case grpc::StatusCode::CANCELLED:
+    case absl::StatusCode::kCancelled:
       return {499, "cancelled", std::move(message), "", ""};
-    case grpc::StatusCode::UNIMPLEMENTED:
+    case absl::StatusCode::kUnimplemented:
       return {501, "not_implemented", std::move(message), "", ""};
     default:
       return {500, "internal_error", std::move(message), "", ""};
@@ -372,7 +370,7 @@ Error ErrorFromStatus(grpc::StatusCode code, std::string message) {
 }
 
 Error ErrorFromStatus(const absl::Status& status) {
-  return ErrorFromStatus(ToGrpcStatus(status).error_code(), std::string(status.message()));
+  return ErrorFromStatus(status.code(), std::string(status.message()));
 }
 
 absl::StatusOr<ParsedRequest> ParseRequest(Endpoint endpoint, std::string_view body,

@@ -1,7 +1,8 @@
 // The OpenAI-compatible API's JSON, with no I/O: requests for /v1/completions and
 // /v1/chat/completions parsed into a GenerateRequest, GenerateResponses rendered as
 // OpenAI's objects and server-sent-event chunks, and errors in OpenAI's shape with the
-// HTTP status each gRPC code maps to (docs/SERVING.md, "HTTP API").
+// HTTP status each status code maps to (docs/SERVING.md, "HTTP API"). No gRPC: the
+// fuzzer builds it without.
 #ifndef TANDEM_ROUTER_OPENAI_API_H_
 #define TANDEM_ROUTER_OPENAI_API_H_
 
@@ -11,7 +12,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "grpcpp/support/status.h"
 #include "tandem/v1/generation.pb.h"
 
 namespace tandem::router::openai {
@@ -33,12 +33,13 @@ struct Error {
 // {"error":{"message":...,"type":...,"param":...,"code":...}} (null for empty fields).
 std::string ErrorJson(const Error& error);
 Error BadRequest(std::string message, std::string param = "");
-// The HTTP status and type for a gRPC or absl status: INVALID_ARGUMENT/OUT_OF_RANGE/
+// The HTTP status and type for a status code (gRPC's codes are the same numbers):
+// INVALID_ARGUMENT/OUT_OF_RANGE/
 // FAILED_PRECONDITION 400, UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404,
 // RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, CANCELLED 499,
 // UNIMPLEMENTED 501, anything else 500. For 400s the param is read off the message
 // ("sampling.top_p must be ..." -> "top_p").
-Error ErrorFromStatus(grpc::StatusCode code, std::string message);
+Error ErrorFromStatus(absl::StatusCode code, std::string message);
 Error ErrorFromStatus(const absl::Status& status);
 
 struct ParsedRequest {

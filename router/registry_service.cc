@@ -16,8 +16,21 @@ std::string_view RoleName(v1::WorkerRole role) {
 
 }  // namespace
 
-RegistryService::RegistryService(WorkerRegistry& registry)
-    : registry_(registry), reaper_([this] { ReapLoop(); }) {}
+RegistryService::RegistryService(WorkerRegistry& registry, bool require_peer_certificate)
+    : registry_(registry), require_peer_certificate_(require_peer_certificate),
+      reaper_([this] { ReapLoop(); }) {}
+
+grpc::Status RegistryService::CheckPeer(const grpc::ServerContext& context,
+                                        const char* method) const {
+  if (!require_peer_certificate_) return grpc::Status::OK;
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth != nullptr && auth->IsPeerAuthenticated()) return grpc::Status::OK;
+  LOG(WARNING) << "registry: refused " << method << " from " << context.peer()
+               << ": no client certificate signed by --tls-ca";
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "the Registry takes only workers with a client certificate signed by the "
+                      "router's --tls-ca (give the worker --tls-cert, --tls-key and --tls-ca)");
+}
 
 RegistryService::~RegistryService() {
   stop_.Notify();
@@ -27,6 +40,7 @@ RegistryService::~RegistryService() {
 grpc::Status RegistryService::Register(grpc::ServerContext* context,
                                        const v1::RegisterRequest* request,
                                        v1::RegisterResponse* response) {
+  if (grpc::Status s = CheckPeer(*context, "Register"); !s.ok()) return s;
   std::string replaced;
   absl::StatusOr<std::string> id = registry_.Register(*request, &replaced);
   if (!id.ok()) {
@@ -51,6 +65,7 @@ grpc::Status RegistryService::Register(grpc::ServerContext* context,
 grpc::Status RegistryService::Heartbeats(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::HeartbeatAck, v1::Heartbeat>* stream) {
+  if (grpc::Status s = CheckPeer(*context, "Heartbeats"); !s.ok()) return s;
   v1::Heartbeat beat;
   if (!stream->Read(&beat)) return grpc::Status::OK;  // closed before the first beat
   const std::string id = beat.worker_id();
@@ -103,6 +118,7 @@ grpc::Status RegistryService::Heartbeats(
 grpc::Status RegistryService::Deregister(grpc::ServerContext* context,
                                          const v1::DeregisterRequest* request,
                                          v1::DeregisterResponse* response) {
+  if (grpc::Status s = CheckPeer(*context, "Deregister"); !s.ok()) return s;
   if (absl::Status s = registry_.Deregister(request->worker_id()); !s.ok()) {
     return ToGrpcStatus(s);
   }

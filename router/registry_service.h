@@ -18,8 +18,10 @@ namespace tandem::router {
 
 class RegistryService final : public v1::Registry::Service {
  public:
-  // `registry` must outlive this service. Starts the reaper thread.
-  explicit RegistryService(WorkerRegistry& registry);
+  // `registry` must outlive this service. Starts the reaper thread. With
+  // `require_peer_certificate` (the router serves TLS), every call from a peer without a
+  // client certificate verified by the router's --tls-ca is refused with UNAUTHENTICATED.
+  explicit RegistryService(WorkerRegistry& registry, bool require_peer_certificate = false);
   // Stops the reaper. Stop the gRPC server first.
   ~RegistryService() override;
 
@@ -33,8 +35,11 @@ class RegistryService final : public v1::Registry::Service {
 
  private:
   void ReapLoop();
+  // UNAUTHENTICATED (and a log line) for an unverified peer when certificates are required.
+  grpc::Status CheckPeer(const grpc::ServerContext& context, const char* method) const;
 
   WorkerRegistry& registry_;
+  const bool require_peer_certificate_;
   absl::Mutex mu_;
   // The open heartbeat stream of each worker, cancelled when the reaper drops the worker.
   absl::flat_hash_map<std::string, grpc::ServerContext*> streams_ ABSL_GUARDED_BY(mu_);

@@ -73,9 +73,15 @@ class GenerateCall {
         prompt_(std::move(validated.prompt_tokens)),
         sampling_(std::move(validated.sampling)) {}
 
+  ~GenerateCall() { SetPhase(Phase::kDone); }
+
   grpc::Status Run();
 
  private:
+  // Where the request stands, for tandem:num_requests_waiting / _running.
+  enum class Phase { kNew, kWaiting, kRunning, kDone };
+  void SetPhase(Phase phase);
+
   // One decode worker's part of the request: the whole request, or what is left of it
   // after a decode worker failed.
   struct Leg {
@@ -87,6 +93,7 @@ class GenerateCall {
     WorkerView decode;
     WorkerRegistry::ChargeId decode_charge = 0;
     v1::Ticket ticket;
+    int64_t gate_tokens = 0;  // held in the PrefillGate until the prefill call ends
   };
 
   // What the prefill thread reports. The handler reads the unguarded fields after join().
@@ -120,6 +127,7 @@ class GenerateCall {
   // False when the client left before `duration` passed.
   bool SleepUnlessCancelled(absl::Duration duration);
   bool HavePrefillWorker() const;
+  int ServingPrefillWorkers() const;
   // The client cancelled or its deadline passed. NOTE: a child call inherits the client's
   // deadline and may fail with DEADLINE_EXCEEDED a moment before gRPC marks the client's
   // call cancelled, so the deadline is checked too.
@@ -150,7 +158,18 @@ class GenerateCall {
   std::string decode_worker_;
   std::string prefill_worker_;
   v1::PrefillLocation location_ = v1::PREFILL_LOCATION_UNSPECIFIED;
+  RouterMetrics* const metrics_ = rc_.metrics_;  // optional
+  Phase phase_ = Phase::kNew;
 };
+
+void GenerateCall::SetPhase(Phase phase) {
+  if (metrics_ == nullptr || phase == phase_) return;
+  if (phase_ == Phase::kWaiting) metrics_->waiting.Decrement();
+  if (phase_ == Phase::kRunning) metrics_->running.Decrement();
+  if (phase == Phase::kWaiting) metrics_->waiting.Increment();
+  if (phase == Phase::kRunning) metrics_->running.Increment();
+  phase_ = phase;
+}
 
 grpc::Status GenerateCall::Run() {
   const int32_t max_tokens = sampling_.max_tokens();
@@ -198,8 +217,26 @@ grpc::Status GenerateCall::Run() {
         break;
     }
 
+    SetPhase(Phase::kWaiting);
+    if (!leg.local) {
+      // Queue here, holding nothing, until the prefill workers have room: a reservation
+      // made now will not expire behind a long prefill queue.
+      const int64_t tokens = static_cast<int64_t>(leg.prompt.size());
+      const bool admitted = rc_.prefill_gate_.Acquire(
+          tokens, [this] { return ServingPrefillWorkers(); },
+          absl::Now() + rc_.options_.queue_timeout, [this] { return ClientGone(); });
+      if (!admitted) {
+        if (ClientGone()) return CancelledStatus();
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            Cat("the prefill workers stayed full for ",
+                                absl::FormatDuration(rc_.options_.queue_timeout), " (",
+                                rc_.prefill_gate_.in_flight(), " prompt tokens in flight)"));
+      }
+      leg.gate_tokens = tokens;
+    }
     absl::Status reserved = Reserve(leg);
     if (!reserved.ok()) {
+      rc_.prefill_gate_.Release(leg.gate_tokens);
       if (ClientGone()) return CancelledStatus();
       if (index > 0) {
         return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -208,7 +245,13 @@ grpc::Status GenerateCall::Run() {
       }
       return ToGrpcStatus(reserved);
     }
-    if (!placed_at_.has_value()) placed_at_ = absl::Now();
+    SetPhase(Phase::kRunning);
+    if (!placed_at_.has_value()) {
+      placed_at_ = absl::Now();
+      if (metrics_ != nullptr) {
+        metrics_->queue_time.Observe(absl::ToDoubleSeconds(*placed_at_ - received_));
+      }
+    }
 
     const LegResult result = RunLeg(leg);
     rc_.registry_.Release(leg.decode.id, leg.decode_charge);
@@ -225,16 +268,20 @@ grpc::Status GenerateCall::Run() {
         LOG(WARNING) << request_id_ << ": " << failure << "; resuming after " << generated_.size()
                      << " generated tokens";
         failed_decode_.insert(leg.decode.id);
+        if (metrics_ != nullptr) metrics_->decode_failovers.Increment();
         break;
     }
   }
 }
 
-bool GenerateCall::HavePrefillWorker() const {
+bool GenerateCall::HavePrefillWorker() const { return ServingPrefillWorkers() > 0; }
+
+int GenerateCall::ServingPrefillWorkers() const {
+  int n = 0;
   for (const WorkerView& w : rc_.registry_.Snapshot()) {
-    if (w.role == v1::WORKER_ROLE_PREFILL && !w.draining) return true;
+    if (w.role == v1::WORKER_ROLE_PREFILL && !w.draining) ++n;
   }
-  return false;
+  return n;
 }
 
 absl::Status GenerateCall::Reserve(Leg& leg) {
@@ -332,8 +379,14 @@ GenerateCall::LegResult GenerateCall::RunLeg(Leg& leg) {
 
   PrefillState prefill;
   std::thread prefill_thread;
+  if (metrics_ != nullptr) {
+    (leg.local ? metrics_->prefill_local : metrics_->prefill_remote).Increment();
+  }
   if (!leg.local) {
-    prefill_thread = std::thread([&] { RunPrefill(leg, prefill, *stream_context); });
+    prefill_thread = std::thread([&] {
+      RunPrefill(leg, prefill, *stream_context);
+      rc_.prefill_gate_.Release(leg.gate_tokens);
+    });
   }
 
   const size_t generated_before = generated_.size();
@@ -345,6 +398,15 @@ GenerateCall::LegResult GenerateCall::RunLeg(Leg& leg) {
     const v1::TextDelta& delta = event.delta();
     if (event.has_delta() && (delta.token_ids_size() > 0 || !delta.text().empty())) {
       const absl::Time now = absl::Now();
+      if (metrics_ != nullptr) {
+        if (!first_delta_at_.has_value()) {
+          metrics_->time_to_first_token.Observe(absl::ToDoubleSeconds(now - received_));
+          metrics_->prompt_tokens.Increment(static_cast<double>(prompt_.size()));
+        } else {
+          metrics_->inter_token_latency.Observe(absl::ToDoubleSeconds(now - last_delta_at_));
+        }
+        metrics_->generation_tokens.Increment(delta.token_ids_size());
+      }
       if (!first_delta_at_.has_value()) first_delta_at_ = now;
       last_delta_at_ = now;
       prefill.tokens_flowing.store(true);
@@ -365,6 +427,9 @@ GenerateCall::LegResult GenerateCall::RunLeg(Leg& leg) {
     prefill_thread.join();
   }
   prefill_retries_ += prefill.retries;
+  if (metrics_ != nullptr && prefill.retries > 0) {
+    metrics_->prefill_retries.Increment(prefill.retries);
+  }
 
   if (client_gone || ClientGone()) {
     CancelLeg(leg, prefill);
@@ -390,6 +455,7 @@ GenerateCall::LegResult GenerateCall::RunLeg(Leg& leg) {
       if (prefill.status.ok()) {
         prefill_s_ += prefill.response.prefill_s();
         kv_transfer_s_ += prefill.response.kv_transfer_s();
+        if (metrics_ != nullptr) metrics_->kv_transfer.Observe(prefill.response.kv_transfer_s());
         if (leg.index == 0) cached_prompt_tokens_ = prefill.response.cached_prompt_tokens();
       }
     }
@@ -558,6 +624,7 @@ bool GenerateCall::WriteFinal(v1::GenerateFinal final) {
   final.set_prefill_location(location_);
   final.set_request_id(client_request_id_.empty() ? request_id_ : client_request_id_);
   final.set_prefill_retries(prefill_retries_);
+  if (metrics_ != nullptr) metrics_->CountSuccess(final);
   v1::GenerateResponse out;
   *out.mutable_final() = std::move(final);
   return writer_.Write(out);
@@ -575,13 +642,15 @@ bool GenerateCall::SleepUnlessCancelled(absl::Duration duration) {
 
 RequestCoordinator::RequestCoordinator(const RouterOptions& options, const RouterModel& model,
                                        WorkerRegistry& registry, Placement& placement,
-                                       WorkerChannels& channels)
+                                       WorkerChannels& channels, RouterMetrics* metrics)
     : options_(options),
       model_(model),
       registry_(registry),
       placement_(placement),
       channels_(channels),
-      id_prefix_(NewIdPrefix()) {}
+      metrics_(metrics),
+      id_prefix_(NewIdPrefix()),
+      prefill_gate_(options.prefill_queue_tokens) {}
 
 std::string RequestCoordinator::NewRequestId() {
   return Cat(id_prefix_, "-", next_request_.fetch_add(1, std::memory_order_relaxed));
@@ -590,8 +659,13 @@ std::string RequestCoordinator::NewRequestId() {
 grpc::Status RequestCoordinator::Generate(
     grpc::ServerContext& context, const v1::GenerateRequest& request, ValidatedRequest validated,
     absl::Time received, grpc::ServerWriterInterface<v1::GenerateResponse>& writer) {
-  GenerateCall call(*this, context, request, std::move(validated), received, writer);
-  return call.Run();
+  grpc::Status status;
+  {
+    GenerateCall call(*this, context, request, std::move(validated), received, writer);
+    status = call.Run();
+  }
+  if (metrics_ != nullptr) metrics_->CountRequest(status);
+  return status;
 }
 
 }  // namespace tandem::router

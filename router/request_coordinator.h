@@ -17,7 +17,9 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/sync_stream.h"
 #include "router/placement.h"
+#include "router/prefill_gate.h"
 #include "router/router_model.h"
+#include "router/router_metrics.h"
 #include "router/router_options.h"
 #include "router/validate.h"
 #include "router/worker_channels.h"
@@ -28,9 +30,10 @@ namespace tandem::router {
 
 class RequestCoordinator {
  public:
-  // Every reference must outlive the coordinator.
+  // Every reference (and `metrics`, optional) must outlive the coordinator.
   RequestCoordinator(const RouterOptions& options, const RouterModel& model,
-                     WorkerRegistry& registry, Placement& placement, WorkerChannels& channels);
+                     WorkerRegistry& registry, Placement& placement, WorkerChannels& channels,
+                     RouterMetrics* metrics = nullptr);
   RequestCoordinator(const RequestCoordinator&) = delete;
   RequestCoordinator& operator=(const RequestCoordinator&) = delete;
 
@@ -41,6 +44,12 @@ class RequestCoordinator {
   grpc::Status Generate(grpc::ServerContext& context, const v1::GenerateRequest& request,
                         ValidatedRequest validated, absl::Time received,
                         grpc::ServerWriterInterface<v1::GenerateResponse>& writer);
+
+  // Counts a request refused before Generate (validation, a full queue) in
+  // tandem:requests_total; Generate counts every other.
+  void CountRejected(const grpc::Status& status) {
+    if (metrics_ != nullptr) metrics_->CountRequest(status);
+  }
 
   // A request id unique within this router process (and, with a random prefix, likely
   // across routers): "rt-1a2b3c4d-17".
@@ -54,8 +63,10 @@ class RequestCoordinator {
   WorkerRegistry& registry_;
   Placement& placement_;
   WorkerChannels& channels_;
+  RouterMetrics* const metrics_;
   const std::string id_prefix_;
   std::atomic<uint64_t> next_request_{1};
+  PrefillGate prefill_gate_;
 };
 
 }  // namespace tandem::router

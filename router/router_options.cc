@@ -1,6 +1,7 @@
 #include "router/router_options.h"
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "common/status_macros.h"
 #include "common/strings.h"
@@ -55,6 +56,20 @@ std::vector<FlagSpec> RouterFlagSpecs() {
       {"reservation-deadline", false, "seconds a decode reservation waits for its KV (default 30)"},
       {"queue-timeout", false,
        "seconds a request waits for a decode worker with room (default 60)"},
+      {"prefill-queue-tokens", false,
+       "prompt tokens each prefill worker may have queued; more wait in the router, holding "
+       "no KV (default 4096; 0: no bound)"},
+      {"api-key", false,
+       "API key(s) Generate and ListModels require, comma-separated (default: $TANDEM_API_KEY "
+       "when no --api-key-file either; none: open)"},
+      {"api-key-file", false, "file with one API key per line ('#' comments)"},
+      {"tls-cert", false, "PEM certificate: TLS on the gRPC and HTTP ports (with --tls-key)"},
+      {"tls-key", false, "PEM private key of --tls-cert"},
+      {"tls-ca", false,
+       "PEM CA of the workers' certificates: mutual TLS with the workers (needs --tls-cert)"},
+      {"http-host", false, "address the HTTP API listens on (default: --host)"},
+      {"http-port", false, "HTTP API port (default 8000; 0: any free port; -1: no HTTP)"},
+      {"http-threads", false, "HTTP server threads (default 1)"},
       {"help", true, "this text"},
   };
 }
@@ -99,6 +114,41 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const Args& args) {
   o.auto_local_max_tokens = static_cast<int>(local_max);
   ASSIGN_OR_RETURN(o.reservation_deadline, PositiveSeconds(args, "reservation-deadline", 30));
   ASSIGN_OR_RETURN(o.queue_timeout, PositiveSeconds(args, "queue-timeout", 60));
+  ASSIGN_OR_RETURN(o.prefill_queue_tokens,
+                   args.GetInt("prefill-queue-tokens", o.prefill_queue_tokens));
+  if (o.prefill_queue_tokens < 0) {
+    return absl::InvalidArgumentError(
+        Cat("--prefill-queue-tokens must be >= 0, got ", o.prefill_queue_tokens));
+  }
+
+  ASSIGN_OR_RETURN(o.api_keys, ApiKeys::FromConfig(args.GetAll("api-key"),
+                                                   args.GetString("api-key-file"),
+                                                   std::getenv(kApiKeyEnv)));
+  o.tls.cert = args.GetString("tls-cert");
+  o.tls.key = args.GetString("tls-key");
+  o.tls.ca = args.GetString("tls-ca");
+  if (o.tls.cert.empty() != o.tls.key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!o.tls.ca.empty() && o.tls.cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-ca needs --tls-cert and --tls-key: the router presents its certificate to the "
+        "workers");
+  }
+
+  o.http_host = args.GetString("http-host", o.host);
+  ASSIGN_OR_RETURN(int64_t http_port, args.GetInt("http-port", o.http_port));
+  if (http_port < -1 || http_port > 65535) {
+    return absl::InvalidArgumentError(
+        Cat("--http-port must be in [0, 65535] or -1 (no HTTP), got ", http_port));
+  }
+  o.http_port = static_cast<int>(http_port);
+  ASSIGN_OR_RETURN(int64_t http_threads, args.GetInt("http-threads", o.http_threads));
+  if (http_threads < 1 || http_threads > 1024) {
+    return absl::InvalidArgumentError(
+        Cat("--http-threads must be in [1, 1024], got ", http_threads));
+  }
+  o.http_threads = static_cast<int>(http_threads);
   return o;
 }
 

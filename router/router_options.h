@@ -10,6 +10,8 @@
 #include "absl/time/time.h"
 #include "common/args.h"
 #include "router/placement.h"
+#include "service/api_key.h"
+#include "service/tls.h"
 #include "tandem/v1/generation.pb.h"
 
 namespace tandem::router {
@@ -34,6 +36,23 @@ struct RouterOptions {
   absl::Duration reservation_deadline = absl::Seconds(30);  // Reserve's deadline_s
   absl::Duration queue_timeout = absl::Seconds(60);         // waiting for a decode worker with room
   int prefill_tries = 3;
+  // Prompt tokens each serving prefill worker may have queued before requests wait in the
+  // router (PrefillGate); 0: no bound. Tune to ~10 s of a prefill worker's throughput.
+  int64_t prefill_queue_tokens = 4096;
+
+  // Security (docs/SERVING.md, Security).
+  // Keys that Generate and ListModels (and the HTTP API) require; none: open. From
+  // --api-key / --api-key-file, else $TANDEM_API_KEY.
+  ApiKeys api_keys = ApiKeys();
+  // --tls-cert/--tls-key: TLS on the gRPC (and HTTP) port. --tls-ca: the CA of the workers'
+  // certificates; the Registry then takes only workers with a certificate it signed, and the
+  // router presents its certificate to the workers.
+  TlsFiles tls = {};
+
+  // The HTTP API (wired by the router's HTTP server).
+  std::string http_host = "";  // empty: same as host (--http-host defaults to --host)
+  int http_port = 8000;   // 0: any free port; -1: no HTTP server
+  int http_threads = 1;
 };
 
 std::vector<FlagSpec> RouterFlagSpecs();

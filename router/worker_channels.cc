@@ -19,7 +19,7 @@ std::shared_ptr<grpc::Channel> WorkerChannels::Get(const WorkerView& worker) {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     cached.worker_id = worker.id;
     cached.channel =
-        grpc::CreateCustomChannel(worker.address, grpc::InsecureChannelCredentials(), args);
+        grpc::CreateCustomChannel(worker.address, credentials_, args);
   }
   return cached.channel;
 }

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -19,6 +20,11 @@ namespace tandem::router {
 
 class WorkerChannels {
  public:
+  // `credentials`: how to reach the workers (mutual TLS when the router has --tls-ca).
+  explicit WorkerChannels(
+      std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials())
+      : credentials_(std::move(credentials)) {}
+
   std::shared_ptr<grpc::Channel> Get(const WorkerView& worker);
 
  private:
@@ -26,6 +32,7 @@ class WorkerChannels {
     std::string worker_id;
     std::shared_ptr<grpc::Channel> channel;
   };
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Cached> by_address_ ABSL_GUARDED_BY(mu_);
 };

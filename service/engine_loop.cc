@@ -11,6 +11,7 @@ EngineLoop::EngineLoop(std::unique_ptr<Engine> engine, OutputHandler on_outputs,
     : engine_(std::move(engine)), on_outputs_(std::move(on_outputs)),
       on_tick_(std::move(on_tick)) {
   stats_ = engine_->stats();
+  prefix_cache_stats_ = engine_->kv_cache().prefix_cache_stats();
 }
 
 EngineLoop::~EngineLoop() { Stop(); }
@@ -35,6 +36,15 @@ EngineStats EngineLoop::stats() const {
   return stats_;
 }
 
+PrefixCacheStats EngineLoop::prefix_cache_stats() const {
+  absl::MutexLock lock(&mu_);
+  return prefix_cache_stats_;
+}
+
+void EngineLoop::SetStepHistogram(metrics::Histogram* histogram) {
+  step_histogram_.store(histogram, std::memory_order_release);
+}
+
 void EngineLoop::Run() {
   Engine& engine = *engine_;
   std::vector<Command> commands;
@@ -57,7 +67,11 @@ void EngineLoop::Run() {
     commands.clear();
     if (on_tick_) on_tick_(engine);
     if (engine.HasWork()) {
+      const absl::Time step_start = absl::Now();
       absl::StatusOr<std::vector<RequestOutput>> outputs = engine.Step();
+      if (metrics::Histogram* h = step_histogram_.load(std::memory_order_acquire)) {
+        h->Observe(absl::ToDoubleSeconds(absl::Now() - step_start));
+      }
       if (!outputs.ok()) {
         // A forward pass that fails is a bug or a broken device: the process cannot serve
         // on. The router sees the worker vanish and retries or resumes its requests.
@@ -68,6 +82,7 @@ void EngineLoop::Run() {
     }
     absl::MutexLock lock(&mu_);
     stats_ = engine.stats();
+    prefix_cache_stats_ = engine.kv_cache().prefix_cache_stats();
   }
 }
 

@@ -5,6 +5,7 @@
 #ifndef TANDEM_SERVICE_ENGINE_LOOP_H_
 #define TANDEM_SERVICE_ENGINE_LOOP_H_
 
+#include <atomic>
 #include <functional>
 #include <future>
 #include <memory>
@@ -16,6 +17,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
+#include "engine/kv_cache_manager.h"
+#include "service/metrics.h"
 
 namespace tandem {
 
@@ -57,6 +60,10 @@ class EngineLoop {
 
   // The engine's figures after the last iteration (any thread).
   EngineStats stats() const;
+  PrefixCacheStats prefix_cache_stats() const;
+  // Observes every Step's wall time in `histogram` (which must outlive the loop; null:
+  // none). Any thread.
+  void SetStepHistogram(metrics::Histogram* histogram);
   // Parts of the engine that never change after construction (any thread).
   const ModelConfig& config() const { return engine_->config(); }
   const Engine& engine_for_constants() const { return *engine_; }
@@ -73,6 +80,8 @@ class EngineLoop {
   std::vector<Command> commands_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
+  PrefixCacheStats prefix_cache_stats_ ABSL_GUARDED_BY(mu_);
+  std::atomic<metrics::Histogram*> step_histogram_{nullptr};
 };
 
 }  // namespace tandem

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include "common/logging.h"
@@ -12,6 +13,7 @@
 #include "common/strings.h"
 #include "engine/engine_flags.h"
 #include "service/convert.h"
+#include "service/http_server.h"
 #include "service/worker_registration.h"
 
 namespace tandem {
@@ -23,6 +25,13 @@ std::vector<FlagSpec> WorkerFlagSpecs() {
       {"host", false, "address the worker's servers bind (default 127.0.0.1)"},
       {"advertise-host", false, "address the router and peers dial (default: --host)"},
       {"port", false, "gRPC port (default 0: any free port)"},
+      {"metrics-port", false,
+       "port of GET /metrics (Prometheus; default 0: any free port, -1: off)"},
+      {"metrics-host", false, "address /metrics binds (default: --host)"},
+      {"tls-cert", false, "PEM certificate: mutual TLS with the router and peers (with "
+                          "--tls-key and --tls-ca)"},
+      {"tls-key", false, "PEM private key of --tls-cert"},
+      {"tls-ca", false, "PEM CA that signed the router's and the other workers' certificates"},
       {"help", true, "this text"},
   });
   return specs;
@@ -42,6 +51,21 @@ absl::StatusOr<WorkerFlags> WorkerFlagsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(int64_t port, args.GetInt("port", 0));
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port out of range");
   flags.port = static_cast<int>(port);
+  ASSIGN_OR_RETURN(int64_t metrics_port, args.GetInt("metrics-port", 0));
+  if (metrics_port < -1 || metrics_port > 65535) {
+    return absl::InvalidArgumentError("--metrics-port out of range (-1 turns /metrics off)");
+  }
+  flags.metrics_port = static_cast<int>(metrics_port);
+  flags.metrics_host = args.GetString("metrics-host", flags.host);
+  const std::filesystem::path model(flags.model_path);
+  flags.model_name =
+      model.extension() == ".gguf" ? model.stem().string() : model.filename().string();
+  TlsFiles tls{args.GetString("tls-cert"), args.GetString("tls-key"), args.GetString("tls-ca")};
+  if (!tls.empty() && (tls.cert.empty() || tls.key.empty() || tls.ca.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls-cert, --tls-key and --tls-ca go together: a worker speaks mutual TLS or none");
+  }
+  ASSIGN_OR_RETURN(flags.tls, LoadTlsFiles(tls));
   return flags;
 }
 
@@ -81,7 +105,8 @@ absl::StatusOr<StartedServer> StartServer(grpc::ServerBuilder& builder,
   const std::string bind = Cat(flags.host.find(':') != std::string::npos ? "[" : "", flags.host,
                                flags.host.find(':') != std::string::npos ? "]" : "", ":",
                                flags.port);
-  builder.AddListeningPort(bind, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(
+      bind, MakeServerCredentials(flags.tls, ClientCertPolicy::kRequireAndVerify), &port);
   builder.SetMaxReceiveMessageSize(64 << 20);
   StartedServer started;
   started.server = builder.BuildAndStart();
@@ -90,6 +115,24 @@ absl::StatusOr<StartedServer> StartServer(grpc::ServerBuilder& builder,
   }
   started.address = Cat(flags.advertise_host, ":", port);
   return started;
+}
+
+HttpHandler MetricsHandler(const metrics::Registry& registry) {
+  return [&registry](HttpRequest request, std::shared_ptr<HttpResponse> response) {
+    if (request.path != "/metrics") {
+      response->Send(404, {{"Content-Type", "application/json"}},
+                     R"({"error":{"message":"not found: only GET /metrics is served here",)"
+                     R"("type":"not_found"}})");
+      return;
+    }
+    if (request.method != "GET" && request.method != "HEAD") {
+      response->Send(405, {{"Content-Type", "application/json"}, {"Allow", "GET"}},
+                     R"({"error":{"message":"/metrics answers GET","type":"method_not_allowed"}})");
+      return;
+    }
+    response->Send(200, {{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}},
+                   request.method == "HEAD" ? "" : registry.TextExposition());
+  };
 }
 
 v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& address,
@@ -137,10 +180,25 @@ int RunWorkerProcess(
   worker->Start();
   WorkerRegistration registration(
       flags->router, MakeRegisterRequest(role, server->address, worker->engine(), worker->layout()),
-      [&worker] { return worker->CurrentLoad(); });
+      [&worker] { return worker->CurrentLoad(); }, MakeChannelCredentials(flags->tls));
+  std::unique_ptr<HttpServer> metrics_server;
+  std::string metrics_address = "off";
+  if (flags->metrics_port >= 0 && worker->metrics() != nullptr) {
+    HttpServerOptions http;
+    http.host = flags->metrics_host;
+    http.port = flags->metrics_port;
+    absl::StatusOr<std::unique_ptr<HttpServer>> started =
+        HttpServer::Start(http, MetricsHandler(*worker->metrics()));
+    if (!started.ok()) return fail(started.status(), 1);
+    metrics_server = std::move(*started);
+    const bool v6 = flags->metrics_host.find(':') != std::string::npos;
+    metrics_address = Cat("http://", v6 ? "[" : "", flags->metrics_host, v6 ? "]" : "", ":",
+                          metrics_server->port(), "/metrics");
+  }
   registration.Start();
-  LOG(INFO) << name << ": serving on " << server->address << ", "
-            << worker->engine().kv_cache().num_total_blocks() << " KV blocks, router "
+  // NOTE: tests and scripts parse "metrics on http://HOST:PORT/metrics".
+  LOG(INFO) << name << ": serving on " << server->address << ", metrics on " << metrics_address
+            << ", " << worker->engine().kv_cache().num_total_blocks() << " KV blocks, router "
             << flags->router;
 
   const int signal = WaitForShutdownSignal();
@@ -149,6 +207,7 @@ int RunWorkerProcess(
   while (worker->num_requests() > 0) absl::SleepFor(absl::Milliseconds(50));
   registration.Stop();
   server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (metrics_server != nullptr) metrics_server->Shutdown();
   worker->Stop();
   LOG(INFO) << name << ": drained, exiting";
   return 0;

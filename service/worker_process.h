@@ -13,6 +13,9 @@
 #include "engine/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "kvtransfer/kv_layout.h"
+#include "service/http_server.h"
+#include "service/metrics.h"
+#include "service/tls.h"
 #include "tandem/v1/worker.pb.h"
 
 namespace tandem {
@@ -23,10 +26,19 @@ struct WorkerFlags {
   std::string advertise_host;      // what the router and peers dial; default: host
   int port = 0;                    // 0: any free port
   std::string model_path;
+  // The router's id for the model (the GGUF file name without .gguf): metrics' model_name.
+  std::string model_name;
+  // GET /metrics (Prometheus) on metrics_host:metrics_port; 0: any free port; -1: off.
+  int metrics_port = 0;
+  std::string metrics_host;  // default: host
   EngineOptions engine;
+  // --tls-cert, --tls-key and --tls-ca (all three or none), loaded: mutual TLS on the
+  // worker's server (clients must present a certificate the CA signed), on its registration
+  // with the router and on the KV channels it opens. Empty: plaintext.
+  TlsPem tls = {};
 };
 
-// The engine flags plus --router, --host, --advertise-host, --port.
+// The engine flags plus --router, --host, --advertise-host, --port, --tls-*.
 std::vector<FlagSpec> WorkerFlagSpecs();
 absl::StatusOr<WorkerFlags> WorkerFlagsFromArgs(const Args& args);
 
@@ -58,6 +70,8 @@ class WorkerService {
   virtual v1::WorkerLoad CurrentLoad() const = 0;
   // Requests it still holds; draining waits for 0.
   virtual int num_requests() const = 0;
+  // What /metrics serves; null: nothing.
+  virtual const metrics::Registry* metrics() const { return nullptr; }
 };
 
 // A worker's main: parses the flags, loads the engine, serves what `make` builds around it,
@@ -67,6 +81,10 @@ int RunWorkerProcess(
     const char* name, v1::WorkerRole role, int argc, char** argv,
     const std::function<std::unique_ptr<WorkerService>(std::unique_ptr<Engine> engine,
                                                        const WorkerFlags& flags)>& make);
+
+// GET /metrics: `registry`'s text exposition (text/plain; version=0.0.4); 404 (JSON) for any
+// other path, 405 for other methods. `registry` must outlive the server.
+HttpHandler MetricsHandler(const metrics::Registry& registry);
 
 // The registration request every worker sends.
 v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& address,

@@ -9,10 +9,11 @@
 namespace tandem {
 
 WorkerRegistration::WorkerRegistration(std::string router_address, v1::RegisterRequest request,
-                                       std::function<v1::WorkerLoad()> load)
+                                       std::function<v1::WorkerLoad()> load,
+                                       std::shared_ptr<grpc::ChannelCredentials> credentials)
     : router_address_(std::move(router_address)), request_(std::move(request)),
       load_(std::move(load)) {
-  channel_ = grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials());
+  channel_ = grpc::CreateChannel(router_address_, credentials);
   stub_ = v1::Registry::NewStub(channel_);
 }
 
@@ -79,7 +80,8 @@ void WorkerRegistration::RegisterAndBeat() {
     grpc::Status status = stub_->Register(&context, request, &response);
     if (!status.ok()) {
       if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
-          status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+          status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
         // The router will never take this worker: a configuration error, not a hiccup.
         LOG(ERROR) << "router " << router_address_
                    << " refused the registration: " << status.error_message();

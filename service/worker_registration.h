@@ -20,9 +20,12 @@ namespace tandem {
 
 class WorkerRegistration {
  public:
-  // `load` is called on the heartbeat thread for every beat.
-  WorkerRegistration(std::string router_address, v1::RegisterRequest request,
-                     std::function<v1::WorkerLoad()> load);
+  // `load` is called on the heartbeat thread for every beat. `credentials`: how to reach the
+  // router (mutual TLS when the worker has certificates).
+  WorkerRegistration(
+      std::string router_address, v1::RegisterRequest request,
+      std::function<v1::WorkerLoad()> load,
+      std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials());
   ~WorkerRegistration();  // Stop()
   WorkerRegistration(const WorkerRegistration&) = delete;
   WorkerRegistration& operator=(const WorkerRegistration&) = delete;

@@ -44,13 +44,23 @@ fi
 grep -E '^[0-9]+% tests passed|tests passed, ' "$ctest_log"
 
 # The Python client package, built from proto/ by pip in its own venv, against a stand-in
-# router (clients/python/tests). TANDEM_SKIP_PYTHON=1 skips it.
+# router (clients/python/tests), and the OpenAI SDK tests. TANDEM_SKIP_PYTHON=1 skips them.
 if [[ ${TANDEM_SKIP_PYTHON:-0} != 1 ]]; then
   venv=$build/pyclient-venv
   [[ -x $venv/bin/python ]] || step python-venv python3 -m venv "$venv"
   step python-client-install "$venv/bin/pip" install -q "$root/clients/python"
   step python-client-test "$venv/bin/python" -m unittest discover -s "$root/clients/python/tests"
   echo "python client: $(grep -Eo 'Ran [0-9]+ tests' "$logs/python-client-test.log"), OK"
+
+  # The official OpenAI SDK against the HTTP API of a real router and workers (tests/openai):
+  # every endpoint and error path, then 256 concurrent streaming clients for 60 s.
+  oa_venv=$build/openai-venv
+  [[ -x $oa_venv/bin/python ]] || step openai-venv python3 -m venv "$oa_venv"
+  step openai-install "$oa_venv/bin/pip" install -q -r "$root/tests/openai/requirements.txt"
+  step openai-sdk-test env TANDEM_BIN_DIR="$build/bin" "$oa_venv/bin/python" -m unittest \
+    discover -s "$root/tests/openai" -p 'test_*.py'
+  echo "openai sdk: $(grep -Eo 'Ran [0-9]+ tests' "$logs/openai-sdk-test.log"), OK;" \
+    "$(grep -Eo '[0-9]+ clients for [0-9]+ s: .*' "$logs/openai-sdk-test.log")"
 fi
 
 if [[ ${TANDEM_SKIP_FUZZ:-0} != 1 ]]; then
@@ -58,7 +68,8 @@ if [[ ${TANDEM_SKIP_FUZZ:-0} != 1 ]]; then
     -DCMAKE_BUILD_TYPE=Release -DTANDEM_FUZZ=ON -DTANDEM_BUILD_TESTS=OFF \
     -DTANDEM_WITH_CUDA=OFF -DTANDEM_WITH_GRPC=OFF \
     -DTANDEM_FUZZ_SECONDS="${TANDEM_FUZZ_SECONDS:-30}"
-  step fuzz-build cmake --build "$fuzz_build" -j "$jobs" --target gguf_fuzzer tokenizer_fuzzer
+  step fuzz-build cmake --build "$fuzz_build" -j "$jobs" --target gguf_fuzzer tokenizer_fuzzer http_parser_fuzzer \
+    openai_request_fuzzer
   fuzz_log=$logs/fuzz.log
   if ! ctest --test-dir "$fuzz_build" -L fuzz --output-on-failure >"$fuzz_log" 2>&1; then
     cat "$fuzz_log"

@@ -11,7 +11,11 @@
 #
 # Flags: --prefill N (1), --decode M (1), --mode disaggregated|collocated|auto (the router's
 # default), --port PORT (50051), --threads-per-worker T (cores / workers, at least 1),
-# --model default|PATH (default), --no-build, --restart.
+# --model default|PATH (default), --no-build, --restart, --metrics-base-port PORT (9101).
+# Prometheus metrics: each worker serves GET /metrics on its own port, prefill-i on
+# PORT+i, decode-j on PORT+prefill+j (9101, 9102, ... by default; 0: any free port, each
+# printed in its log). The router's /metrics is on its HTTP port (8000).
+# deploy/prometheus/prometheus.yml scrapes these defaults.
 # Environment: TANDEM_BUILD_DIR (build/), TANDEM_RUN_DIR (build/run/: logs/, pids/),
 # TANDEM_JOBS (build jobs; every core), TANDEM_UP_TIMEOUT (seconds to wait for the workers; 120).
 set -euo pipefail
@@ -31,6 +35,7 @@ mode=
 port=50051
 threads=
 model=default
+metrics_base=9101
 do_build=1
 restart=0
 
@@ -50,6 +55,7 @@ while [[ $# -gt 0 ]]; do
     --port) port=${2:?--port needs a value}; shift 2 ;;
     --threads-per-worker) threads=${2:?--threads-per-worker needs a value}; shift 2 ;;
     --model) model=${2:?--model needs a value}; shift 2 ;;
+    --metrics-base-port) metrics_base=${2:?--metrics-base-port needs a value}; shift 2 ;;
     --no-build) do_build=0; shift ;;
     --restart) restart=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -62,6 +68,7 @@ in_range() { [[ $1 =~ ^[0-9]{1,9}$ ]] && (($1 >= $2 && $1 <= $3)); }
 in_range "$prefill" 0 256 || die "--prefill: '$prefill' is not a count"
 in_range "$decode" 1 256 || die "--decode: '$decode' must be at least 1"
 in_range "$port" 1 65535 || die "--port: '$port' is not a port"
+in_range "$metrics_base" 0 65000 || die "--metrics-base-port: '$metrics_base' is not a port"
 case $mode in
   ''|disaggregated|collocated|auto) ;;
   *) die "--mode: '$mode' is not disaggregated, collocated or auto" ;;
@@ -161,11 +168,17 @@ router_flags=(--port "$port" --model "$model")
 [[ -n $mode ]] && router_flags+=(--mode "$mode")
 start router "$bin/tandem-router" "${router_flags[@]}"
 worker_flags=(--router "$address" --model "$model" --threads "$threads")
+# metrics_port N: the metrics port of the N-th worker (prefill first), 0 with base 0.
+metrics_port() { ((metrics_base == 0)) && echo 0 || echo $((metrics_base + $1)); }
+metrics_ports=()
 for ((i = 0; i < prefill; i++)); do
-  start "prefill-$i" "$bin/tandem-prefill" "${worker_flags[@]}"
+  metrics_ports+=("prefill-$i:$(metrics_port "$i")")
+  start "prefill-$i" "$bin/tandem-prefill" "${worker_flags[@]}" --metrics-port "$(metrics_port "$i")"
 done
 for ((i = 0; i < decode; i++)); do
-  start "decode-$i" "$bin/tandem-decode" "${worker_flags[@]}"
+  metrics_ports+=("decode-$i:$(metrics_port $((prefill + i)))")
+  start "decode-$i" "$bin/tandem-decode" "${worker_flags[@]}" \
+    --metrics-port "$(metrics_port $((prefill + i)))"
 done
 
 # Wait until every worker has registered; report any process that died on the way.
@@ -211,6 +224,7 @@ stop_env=
 cat <<EOF
 tandem is up: router $address (mode ${mode_now:-?}), $prefill prefill and $decode decode workers, $threads threads each
 logs:  $logs/
+metrics: ${metrics_ports[*]} (http://127.0.0.1:PORT/metrics; Prometheus: deploy/prometheus/prometheus.yml)
 try:   $bin/tandem client$router_flag --chat "What is the capital of France?"
        $bin/tandem client$router_flag --health
 stop:  ${stop_env}deploy/local/down.sh

@@ -275,6 +275,7 @@ GenerateResult RunGenerate(tandem::v1::Generation::Stub& stub, const GenerateReq
   GenerateResult result;
   grpc::ClientContext context;
   SetDeadline(context, options.deadline.value_or(kSafetyDeadline));
+  for (const auto& [key, value] : options.metadata) context.AddMetadata(key, value);
   const absl::Time start = absl::Now();
   std::unique_ptr<grpc::ClientReader<GenerateResponse>> reader = stub.Generate(&context, request);
   GenerateResponse response;
@@ -389,9 +390,17 @@ std::shared_ptr<grpc::Channel> Cluster::ChannelTo(const std::string& address) {
   if (it != channels_.end()) return it->second;
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  // NOTE: gRPC also takes this as the connect timeout, TLS handshake included; with TLS a
+  // short one makes every handshake after a refused connect time out: keep the default.
+  if (options_.channel_credentials == nullptr) {
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  }
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(address,
+                                           options_.channel_credentials != nullptr
+                                               ? options_.channel_credentials
+                                               : grpc::InsecureChannelCredentials(),
+                                           args);
   channels_[address] = channel;
   return channel;
 }

@@ -100,6 +100,8 @@ struct GenerateOptions {
   int cancel_after_tokens = -1;
   // Called after each response with what arrived so far (on the calling thread).
   std::function<void(const GenerateResult& so_far)> on_response;
+  // Added to the call's metadata, e.g. {"authorization", "Bearer KEY"}.
+  std::vector<std::pair<std::string, std::string>> metadata;
 };
 
 std::string StatusCodeName(grpc::StatusCode code);
@@ -121,6 +123,8 @@ struct ClusterOptions {
   double heartbeat_interval_s = 0.2;
   int kv_cache_mb = 64;
   std::vector<std::string> router_flags;  // appended to the router's command line
+  // The harness's own channels (router and workers); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
   absl::Duration start_timeout = absl::Seconds(60);
 };
 

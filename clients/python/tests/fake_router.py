@@ -15,12 +15,24 @@ from tandem_client._proto.tandem.v1 import generation_pb2_grpc as pb_grpc
 
 
 class FakeGeneration(pb_grpc.GenerationServicer):
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, api_key: str = ""):
         self.delay_s = delay_s
+        self.api_key = api_key  # non-empty: Generate and ListModels require it, as the router does
         self.requests = []
         self.cancelled = threading.Event()
 
+    def _check_key(self, context):
+        if not self.api_key:
+            return
+        metadata = dict(context.invocation_metadata())
+        if "authorization" not in metadata and "x-api-key" not in metadata:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing API key")
+        if (metadata.get("authorization") != f"Bearer {self.api_key}"
+                and metadata.get("x-api-key") != self.api_key):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
+
     def Generate(self, request, context):
+        self._check_key(context)
         self.requests.append(request)
         if request.sampling.max_tokens <= 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sampling.max_tokens must be > 0")
@@ -52,6 +64,7 @@ class FakeGeneration(pb_grpc.GenerationServicer):
             request_id=request.request_id))
 
     def ListModels(self, request, context):
+        self._check_key(context)
         return pb.ListModelsResponse(models=[
             pb.ModelInfo(id="SmolLM2-135M-Instruct", context_length=8192, fingerprint="abc")])
 
@@ -68,10 +81,10 @@ class FakeGeneration(pb_grpc.GenerationServicer):
                                  ])
 
 
-def serve(port: int = 0, delay_s: float = 0.0):
+def serve(port: int = 0, delay_s: float = 0.0, api_key: str = ""):
     """Starts a fake router; returns (server, servicer, port)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    servicer = FakeGeneration(delay_s)
+    servicer = FakeGeneration(delay_s, api_key)
     pb_grpc.add_GenerationServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()

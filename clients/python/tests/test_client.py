@@ -3,6 +3,7 @@
     clients/python/generate.sh && PYTHONPATH=clients/python/src:clients/python/tests \
       python3 -m unittest discover -s clients/python/tests
 """
+import os
 import unittest
 
 from fake_router import serve
@@ -80,6 +81,36 @@ class TandemClientTest(unittest.TestCase):
             with self.assertRaises(TandemError) as caught:
                 client.health(timeout=5)
         self.assertEqual(caught.exception.code, "UNAVAILABLE")
+
+
+class ApiKeyTest(unittest.TestCase):
+    def setUp(self):
+        self.server, _, port = serve(0, api_key="s3cret")
+        self.address = f"127.0.0.1:{port}"
+
+    def tearDown(self):
+        self.server.stop(None)
+
+    def test_key_is_sent_as_bearer(self):
+        with TandemClient(self.address, api_key="s3cret") as client:
+            self.assertEqual(client.complete("a b", max_tokens=4).text, "a b")
+            self.assertEqual(len(client.list_models()), 1)
+
+    def test_missing_and_wrong_keys_are_unauthenticated(self):
+        for key in ("", "wrong"):
+            with TandemClient(self.address, api_key=key) as client:
+                with self.assertRaises(TandemError) as raised:
+                    client.complete("a b", max_tokens=4)
+                self.assertEqual(raised.exception.code, "UNAUTHENTICATED")
+                client.health()  # Health stays open
+
+    def test_key_from_environment(self):
+        os.environ["TANDEM_API_KEY"] = "s3cret"
+        try:
+            with TandemClient(self.address) as client:
+                self.assertEqual(client.complete("a", max_tokens=2).text, "a")
+        finally:
+            del os.environ["TANDEM_API_KEY"]
 
 
 if __name__ == "__main__":

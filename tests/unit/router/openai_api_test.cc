@@ -179,18 +179,18 @@ TEST(OpenAiParse, MalformedBodies) {
 }
 
 TEST(OpenAiErrors, StatusCodesAndShape) {
-  Error e = ErrorFromStatus(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p must be in (0, 1]");
+  Error e = ErrorFromStatus(absl::StatusCode::kInvalidArgument, "sampling.top_p must be in (0, 1]");
   EXPECT_EQ(e.http_status, 400);
   EXPECT_EQ(e.param, "top_p");
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::INVALID_ARGUMENT, "prompt has 9000 tokens").param,
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kInvalidArgument, "prompt has 9000 tokens").param,
             "prompt");
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::INVALID_ARGUMENT, "chat.messages[0].role").param,
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kInvalidArgument, "chat.messages[0].role").param,
             "messages");
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::UNAUTHENTICATED, "missing API key").http_status, 401);
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::RESOURCE_EXHAUSTED, "full").http_status, 429);
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::UNAVAILABLE, "no worker").http_status, 503);
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::DEADLINE_EXCEEDED, "late").http_status, 504);
-  EXPECT_EQ(ErrorFromStatus(grpc::StatusCode::INTERNAL, "bug").http_status, 500);
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kUnauthenticated, "missing API key").http_status, 401);
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kResourceExhausted, "full").http_status, 429);
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kUnavailable, "no worker").http_status, 503);
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kDeadlineExceeded, "late").http_status, 504);
+  EXPECT_EQ(ErrorFromStatus(absl::StatusCode::kInternal, "bug").http_status, 500);
   EXPECT_EQ(ErrorFromStatus(absl::NotFoundError("x")).http_status, 404);
 
   const json body = json::parse(ErrorJson(BadRequest("bad top_p", "top_p")));
@@ -255,7 +255,7 @@ TEST(OpenAiRender, StreamChunks) {
   EXPECT_EQ(t["object"], "text_completion");
   EXPECT_EQ(t["choices"][0]["text"], "lo");
 
-  json error = EventJson(ErrorEvent(ErrorFromStatus(grpc::StatusCode::UNAVAILABLE, "gone")));
+  json error = EventJson(ErrorEvent(ErrorFromStatus(absl::StatusCode::kUnavailable, "gone")));
   EXPECT_EQ(error["error"]["message"], "gone");
 }
 

@@ -1,5 +1,8 @@
 #include "router/router_options.h"
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -78,6 +81,82 @@ TEST(RouterOptionsTest, RequestModeOverridesTheRouters) {
   EXPECT_EQ(ResolveMode(RouterMode::kCollocated, v1::PREFILL_MODE_DISAGGREGATED),
             RouterMode::kDisaggregated);
   EXPECT_EQ(ResolveMode(RouterMode::kDisaggregated, v1::PREFILL_MODE_AUTO), RouterMode::kAuto);
+}
+
+TEST(RouterOptionsTest, HttpFlags) {
+  absl::StatusOr<RouterOptions> o = Parse({"--host", "127.0.0.1"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->http_host, "127.0.0.1") << "--http-host defaults to --host";
+  EXPECT_EQ(o->http_port, 8000);
+  EXPECT_EQ(o->http_threads, 1);
+  o = Parse({"--http-host", "::1", "--http-port", "-1", "--http-threads", "4"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->http_host, "::1");
+  EXPECT_EQ(o->http_port, -1);
+  EXPECT_EQ(o->http_threads, 4);
+  o = Parse({"--http-port", "0"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->http_port, 0);
+  for (const auto& words : std::vector<std::vector<std::string>>{
+           {"--http-port", "-2"}, {"--http-port", "65536"}, {"--http-threads", "0"}}) {
+    absl::StatusOr<RouterOptions> bad = Parse(words);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << words[0];
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(words[0])) << bad.status();
+  }
+}
+
+TEST(RouterOptionsTest, ApiKeysFromFlagsFileOrEnvironment) {
+  ::unsetenv(kApiKeyEnv);
+  absl::StatusOr<RouterOptions> o = Parse({});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->api_keys.enabled());
+
+  o = Parse({"--api-key", "k1,k2", "--api-key=k3"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->api_keys.size(), 3);
+  EXPECT_TRUE(o->api_keys.Check("Bearer k3", "").ok());
+
+  const std::string file = ::testing::TempDir() + "/router_options_test_keys";
+  std::ofstream(file) << "f1\n# c\nf2\n";
+  o = Parse({"--api-key-file", file});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->api_keys.size(), 2);
+  std::remove(file.c_str());
+
+  ::setenv(kApiKeyEnv, "from-env", 1);
+  o = Parse({});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->api_keys.Check("", "from-env").ok());
+  o = Parse({"--api-key", "flag"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->api_keys.Check("", "from-env").ok()) << "the flag replaces the environment";
+  ::unsetenv(kApiKeyEnv);
+
+  o = Parse({"--api-key-file", "/nonexistent/keys"});
+  EXPECT_EQ(o.status().code(), absl::StatusCode::kNotFound) << o.status();
+  EXPECT_THAT(std::string(o.status().message()), HasSubstr("--api-key-file"));
+  o = Parse({"--api-key", "a,,b"});
+  EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument) << o.status();
+}
+
+TEST(RouterOptionsTest, TlsFlags) {
+  absl::StatusOr<RouterOptions> o = Parse({});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->tls.empty());
+  o = Parse({"--tls-cert", "r.pem", "--tls-key", "r.key", "--tls-ca", "ca.pem"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->tls.cert, "r.pem");
+  EXPECT_EQ(o->tls.key, "r.key");
+  EXPECT_EQ(o->tls.ca, "ca.pem");
+  o = Parse({"--tls-cert", "r.pem", "--tls-key", "r.key"});
+  ASSERT_TRUE(o.ok()) << o.status() << ": TLS for clients only needs no CA";
+  EXPECT_TRUE(o->tls.ca.empty());
+  for (const auto& words : std::vector<std::vector<std::string>>{
+           {"--tls-cert", "r.pem"}, {"--tls-key", "r.key"}, {"--tls-ca", "ca.pem"}}) {
+    absl::StatusOr<RouterOptions> bad = Parse(words);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << words[0];
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(words[0])) << bad.status();
+  }
 }
 
 }  // namespace

@@ -666,6 +666,53 @@ TEST_F(RouterTest, HealthAndListModels) {
 }
 
 // The Registry service over gRPC, with a short heartbeat interval.
+TEST_F(RouterTest, MetricsCountRequestsTokensAndLatencies) {
+  RouterOptions options;
+  options.mode = RouterMode::kDisaggregated;
+  StartRouter(options);
+  AddPrefill();
+  AddDecode();
+  for (int i = 0; i < 3; ++i) {
+    Result r = Generate(Tokens(40, 4));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  }
+  EXPECT_EQ(Generate(Tokens(10, 0)).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  const std::string text = router_->metrics().TextExposition();
+  const std::string m = Cat("model_name=\"", router_->model().id(), "\"");
+  auto line = [&](const std::string& name, const std::string& labels, const std::string& value) {
+    return Cat("\n", name, "{", m, labels.empty() ? "" : ",", labels, "} ", value, "\n");
+  };
+  EXPECT_THAT(text, HasSubstr(line("tandem:requests_total", "outcome=\"ok\"", "3")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:requests_total", "outcome=\"invalid_argument\"", "1")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:requests_total", "outcome=\"cancelled\"", "0")));
+  EXPECT_THAT(text,
+              HasSubstr(line("tandem:request_success_total", "finished_reason=\"length\"", "3")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:generation_tokens_total", "", "12")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:prompt_tokens_total", "", "120")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:time_to_first_token_seconds_count", "", "3")));
+  EXPECT_THAT(text,
+              HasSubstr(line("tandem:time_to_first_token_seconds_bucket", "le=\"+Inf\"", "3")));
+  // 4 deltas a request: 3 gaps each.
+  EXPECT_THAT(text, HasSubstr(line("tandem:inter_token_latency_seconds_count", "", "9")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:e2e_request_latency_seconds_count", "", "3")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:request_queue_time_seconds_count", "", "3")));
+  // The fake prefill reports 0.5 s of prefill and 0.125 s of KV transfer.
+  EXPECT_THAT(text, HasSubstr(line("tandem:request_prefill_time_seconds_sum", "", "1.5")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:kv_transfer_seconds_sum", "", "0.375")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:request_generation_tokens_sum", "", "12")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:prefills_total", "location=\"remote\"", "3")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:prefills_total", "location=\"local\"", "0")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:prefill_retries_total", "", "0")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:num_requests_running", "", "0")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:num_requests_waiting", "", "0")));
+  EXPECT_THAT(text,
+              HasSubstr(line("tandem:workers", "role=\"decode\",state=\"serving\"", "1")));
+  EXPECT_THAT(text,
+              HasSubstr(line("tandem:workers", "role=\"prefill\",state=\"serving\"", "1")));
+  EXPECT_THAT(text, HasSubstr("# TYPE tandem:time_to_first_token_seconds histogram\n"));
+}
+
 class RegistryServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {

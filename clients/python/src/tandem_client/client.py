@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
@@ -17,6 +18,7 @@ from tandem_client._proto.tandem.v1 import generation_pb2 as pb
 from tandem_client._proto.tandem.v1 import generation_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+API_KEY_ENV = "TANDEM_API_KEY"
 
 _MODES = {
     None: pb.PREFILL_MODE_UNSPECIFIED,
@@ -195,12 +197,24 @@ class TandemClient:
     """A client of one tandem router. Thread-safe; close() (or `with`) releases the channel."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: Optional[float] = None,
-                 channel: Optional[grpc.Channel] = None):
+                 channel: Optional[grpc.Channel] = None, api_key: Optional[str] = None,
+                 root_certificates: Optional[bytes] = None):
         """`timeout`: default deadline in seconds for generate (None: none); health and
-        list_models default to 10 s."""
+        list_models default to 10 s. `api_key`: sent as "authorization: Bearer <key>" (None:
+        $TANDEM_API_KEY, if set). `root_certificates`: PEM of the CA that signed the router's
+        certificate (the router's --tls-cert): connect with TLS."""
         self.address = address
         self.timeout = timeout
-        self._channel = channel if channel is not None else grpc.insecure_channel(address)
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV, "").strip()
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        if channel is not None:
+            self._channel = channel
+        elif root_certificates is not None:
+            self._channel = grpc.secure_channel(
+                address, grpc.ssl_channel_credentials(root_certificates=root_certificates))
+        else:
+            self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.GenerationStub(self._channel)
 
     def close(self) -> None:
@@ -261,7 +275,7 @@ class TandemClient:
         sampling.stop.extend(stop)
         sampling.ignore_eos = ignore_eos
         deadline = timeout if timeout is not None else self.timeout
-        return Generation(self._stub.Generate(request, timeout=deadline))
+        return Generation(self._stub.Generate(request, timeout=deadline, metadata=self._metadata))
 
     def complete(self, prompt: Optional[str] = None, **kwargs) -> Generation:
         """generate() without streaming: returns the finished Generation (`text`, `final`)."""
@@ -269,7 +283,7 @@ class TandemClient:
 
     def health(self, timeout: float = 10.0) -> Health:
         try:
-            h = self._stub.Health(pb.HealthRequest(), timeout=timeout)
+            h = self._stub.Health(pb.HealthRequest(), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise TandemError.from_rpc_error(error) from None
         workers = tuple(
@@ -280,7 +294,8 @@ class TandemClient:
 
     def list_models(self, timeout: float = 10.0) -> list:
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout,
+                                             metadata=self._metadata)
         except grpc.RpcError as error:
             raise TandemError.from_rpc_error(error) from None
         return [ModelInfo(m.id, m.context_length, m.fingerprint) for m in response.models]

@@ -1,0 +1,89 @@
+#include "router/prefill_gate.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+
+namespace tandem::router {
+namespace {
+
+const auto kOneWorker = [] { return 1; };
+const auto kNeverGone = [] { return false; };
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(30); }
+
+TEST(PrefillGate, AdmitsUpToTheBoundPerWorker) {
+  PrefillGate gate(100);
+  EXPECT_TRUE(gate.Acquire(60, kOneWorker, Soon(), kNeverGone));
+  EXPECT_TRUE(gate.Acquire(40, kOneWorker, Soon(), kNeverGone));
+  EXPECT_EQ(gate.in_flight(), 100);
+  // Full: a third waits until its deadline and takes nothing.
+  EXPECT_FALSE(gate.Acquire(1, kOneWorker, absl::Now() + absl::Milliseconds(50), kNeverGone));
+  EXPECT_EQ(gate.in_flight(), 100);
+  EXPECT_EQ(gate.waiting(), 0);
+  // Two workers double the bound.
+  EXPECT_TRUE(gate.Acquire(100, [] { return 2; }, Soon(), kNeverGone));
+  gate.Release(60);
+  gate.Release(40);
+  gate.Release(100);
+  EXPECT_EQ(gate.in_flight(), 0);
+}
+
+TEST(PrefillGate, APromptLargerThanTheBoundPassesAlone) {
+  PrefillGate gate(100);
+  EXPECT_TRUE(gate.Acquire(5000, kOneWorker, Soon(), kNeverGone));
+  EXPECT_FALSE(gate.Acquire(1, kOneWorker, absl::Now() + absl::Milliseconds(30), kNeverGone));
+  gate.Release(5000);
+  EXPECT_TRUE(gate.Acquire(1, kOneWorker, Soon(), kNeverGone));
+}
+
+TEST(PrefillGate, NoBoundWhenZero) {
+  PrefillGate gate(0);
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(gate.Acquire(1 << 20, kOneWorker, Soon(), kNeverGone));
+}
+
+TEST(PrefillGate, AGoneClientLeavesTheQueue) {
+  PrefillGate gate(10);
+  ASSERT_TRUE(gate.Acquire(10, kOneWorker, Soon(), kNeverGone));
+  std::atomic<bool> gone{false};
+  std::thread waiter([&] {
+    EXPECT_FALSE(gate.Acquire(5, kOneWorker, Soon(), [&] { return gone.load(); }));
+  });
+  while (gate.waiting() == 0) absl::SleepFor(absl::Milliseconds(1));
+  gone = true;
+  waiter.join();
+  EXPECT_EQ(gate.waiting(), 0);
+  EXPECT_EQ(gate.in_flight(), 10);
+}
+
+// Waiters are admitted in arrival order: a small prompt does not overtake a large one.
+TEST(PrefillGate, FirstComeFirstServed) {
+  PrefillGate gate(100);
+  ASSERT_TRUE(gate.Acquire(100, kOneWorker, Soon(), kNeverGone));
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread> waiters;
+  const int sizes[] = {90, 10, 10};
+  for (int i = 0; i < 3; ++i) {
+    waiters.emplace_back([&, i] {
+      ASSERT_TRUE(gate.Acquire(sizes[i], kOneWorker, Soon(), kNeverGone));
+      absl::MutexLock lock(&mu);
+      order.push_back(i);
+    });
+    while (gate.waiting() != i + 1) absl::SleepFor(absl::Milliseconds(1));
+  }
+  gate.Release(100);
+  // The 90 and one 10 fit; the other 10 waits for room.
+  while (gate.waiting() != 1) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(gate.in_flight(), 100);
+  gate.Release(90);
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(gate.in_flight(), 20);
+}
+
+}  // namespace
+}  // namespace tandem::router
