@@ -66,6 +66,7 @@ absl::StatusOr<WorkerFlags> WorkerFlagsFromArgs(const Args& args) {
         "--tls-cert, --tls-key and --tls-ca go together: a worker speaks mutual TLS or none");
   }
   ASSIGN_OR_RETURN(flags.tls, LoadTlsFiles(tls));
+  flags.tls_files = tls;
   return flags;
 }
 
@@ -187,16 +188,19 @@ int RunWorkerProcess(
     HttpServerOptions http;
     http.host = flags->metrics_host;
     http.port = flags->metrics_port;
+    // HTTPS without client certificates: a scraper verifies the worker by --tls-ca.
+    http.tls_cert_file = flags->tls_files.cert;
+    http.tls_key_file = flags->tls_files.key;
     absl::StatusOr<std::unique_ptr<HttpServer>> started =
         HttpServer::Start(http, MetricsHandler(*worker->metrics()));
     if (!started.ok()) return fail(started.status(), 1);
     metrics_server = std::move(*started);
     const bool v6 = flags->metrics_host.find(':') != std::string::npos;
-    metrics_address = Cat("http://", v6 ? "[" : "", flags->metrics_host, v6 ? "]" : "", ":",
+    metrics_address = Cat(flags->tls_files.cert.empty() ? "http://" : "https://", v6 ? "[" : "", flags->metrics_host, v6 ? "]" : "", ":",
                           metrics_server->port(), "/metrics");
   }
   registration.Start();
-  // NOTE: tests and scripts parse "metrics on http://HOST:PORT/metrics".
+  // NOTE: tests and scripts parse "metrics on http(s)://HOST:PORT/metrics".
   LOG(INFO) << name << ": serving on " << server->address << ", metrics on " << metrics_address
             << ", " << worker->engine().kv_cache().num_total_blocks() << " KV blocks, router "
             << flags->router;

@@ -36,6 +36,7 @@ struct WorkerFlags {
   // worker's server (clients must present a certificate the CA signed), on its registration
   // with the router and on the KV channels it opens. Empty: plaintext.
   TlsPem tls = {};
+  TlsFiles tls_files = {};  // their paths; /metrics is served over HTTPS with the same pair
 };
 
 // The engine flags plus --router, --host, --advertise-host, --port, --tls-*.

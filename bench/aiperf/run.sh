@@ -31,6 +31,9 @@
 #
 # Settings (environment)
 #   CONCURRENCIES="1 8 32"  ISL=128  OSL=64  SEED=42  THREADS=2  (THREADS: server threads)
+#   RATES=                open-loop runs instead: Poisson arrivals at each rate (req/s), at
+#                         most RATE_MAX_CONCURRENCY (64) in flight; results in r<rate>/
+#   GOODPUT=              aiperf --goodput SLOs, e.g. "time_to_first_token:3000 inter_token_latency:100"
 #   REQUESTS=             requests per concurrency; default max(MIN_REQUESTS, REQ_PER_SLOT * C)
 #   MIN_REQUESTS=24  REQ_PER_SLOT=4
 #   WARMUP=               warmup requests; default max(2, C)
@@ -58,6 +61,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$ROOT/bench/aiperf
 
 CONCURRENCIES=${CONCURRENCIES:-"1 8 32"}
+RATES=${RATES:-}
+RATE_MAX_CONCURRENCY=${RATE_MAX_CONCURRENCY:-64}
+GOODPUT=${GOODPUT:-}
 ISL=${ISL:-128}
 OSL=${OSL:-64}
 SEED=${SEED:-42}
@@ -90,6 +96,14 @@ for kind in "$@"; do
   case $kind in llama|tandem-collocated|tandem-disagg) ;; *) die "unknown kind '$kind'" ;; esac
 done
 for c in $CONCURRENCIES; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad concurrency '$c'"; done
+for r in $RATES; do [[ $r =~ ^[0-9]*\.?[0-9]+$ ]] || die "bad rate '$r'"; done
+# Each run is a point: "c<concurrency>" (closed loop) or, with RATES, "r<rate>" (open loop).
+POINTS=()
+if [[ -n $RATES ]]; then
+  for r in $RATES; do POINTS+=("r$r"); done
+else
+  for c in $CONCURRENCIES; do POINTS+=("c$c"); done
+fi
 command -v curl >/dev/null || die "curl not found (apt-get install curl)"
 
 mkdir -p "$OUT"
@@ -215,15 +229,28 @@ AIPERF_VERSION=$("$AIPERF" --version 2>/dev/null | tail -1)
 log "aiperf $AIPERF_VERSION; kinds: $*; concurrencies: $CONCURRENCIES; ISL=$ISL OSL=$OSL; out: $OUT"
 
 for kind in "$@"; do
-  for c in $CONCURRENCIES; do
-    n=${REQUESTS:-$((c * REQ_PER_SLOT > MIN_REQUESTS ? c * REQ_PER_SLOT : MIN_REQUESTS))}
-    w=${WARMUP:-$((c > 2 ? c : 2))}
-    dir=$OUT/$kind/c$c
+  for point in "${POINTS[@]}"; do
+    load_args=()
+    if [[ $point == r* ]]; then
+      rate=${point#r}
+      c=$RATE_MAX_CONCURRENCY
+      n=${REQUESTS:-$MIN_REQUESTS}
+      w=${WARMUP:-2}
+      load_args=(--request-rate "$rate" --arrival-pattern poisson --concurrency "$c")
+    else
+      rate=
+      c=${point#c}
+      n=${REQUESTS:-$((c * REQ_PER_SLOT > MIN_REQUESTS ? c * REQ_PER_SLOT : MIN_REQUESTS))}
+      w=${WARMUP:-$((c > 2 ? c : 2))}
+      load_args=(--concurrency "$c")
+    fi
+    [[ -n $GOODPUT ]] && load_args+=(--goodput "$GOODPUT")
+    dir=$OUT/$kind/$point
     rm -rf "$dir"
     mkdir -p "$dir"
-    log "$kind c=$c: starting the server"
+    log "$kind $point: starting the server"
     start_server "$kind" "$c" "$dir"
-    log "$kind c=$c: ready at $URL (model '$MODEL_NAME'); aiperf: $n requests after $w warmup"
+    log "$kind $point: ready at $URL (model '$MODEL_NAME'); aiperf: $n requests after $w warmup"
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     # shellcheck disable=SC2206
     aiperf_cmd=("$AIPERF" profile
@@ -232,7 +259,7 @@ for kind in "$@"; do
       --isl "$ISL" --isl-stddev 0 --osl "$OSL" --osl-stddev 0
       --extra-inputs $EXTRA_INPUTS
       --use-server-token-count
-      --concurrency "$c" --request-count "$n" --warmup-request-count "$w"
+      "${load_args[@]}" --request-count "$n" --warmup-request-count "$w"
       --random-seed "$SEED"
       --artifact-dir "$dir/aiperf"
       --ui-type none --no-server-metrics --no-gpu-telemetry
@@ -251,14 +278,14 @@ for kind in "$@"; do
     stop_server
     if ((rc != 0)); then
       tail -n 30 "$dir/aiperf.out" >&2
-      die "aiperf failed ($rc) for $kind c=$c; see $dir/aiperf.out"
+      die "aiperf failed ($rc) for $kind $point; see $dir/aiperf.out"
     fi
-    "$PY" "$HERE/summarize.py" --dir "$dir" --kind "$kind" --concurrency "$c" \
+    "$PY" "$HERE/summarize.py" --dir "$dir" --kind "$kind" --concurrency "$c" --rate "$rate" \
       --isl "$ISL" --osl "$OSL" --requests "$n" --warmup "$w" --seed "$SEED" \
       --server-cmd "$SERVER_CMD" --aiperf-cmd "$shown_cmd" \
       --load-before "$load_before" --load-after "$load_after" \
       --omp-wait-policy "${OMP_WAIT_POLICY:-}" >"$dir/summary.json"
-    log "$kind c=$c: $("$PY" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("TTFT p50 %.1f ms, ITL p50 %.2f ms, %.1f output tok/s, %.2f req/s, %d errors" % (s["ttft_ms"]["p50"], s["itl_ms"]["p50"], s["output_tokens_per_s"], s["requests_per_s"], s["errors"]))' "$dir/summary.json")"
+    log "$kind $point: $("$PY" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("TTFT p50 %.1f ms, ITL p50 %.2f ms, %.1f output tok/s, %.2f req/s, %d errors" % (s["ttft_ms"]["p50"], s["itl_ms"]["p50"], s["output_tokens_per_s"], s["requests_per_s"], s["errors"]))' "$dir/summary.json")"
   done
 done
 

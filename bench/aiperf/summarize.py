@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--concurrency", type=int, required=True)
     for name in ("isl", "osl", "requests", "warmup", "seed"):
         ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--rate", default="", help="open-loop request rate (req/s); empty: closed loop")
     for name in ("server-cmd", "aiperf-cmd", "load-before", "load-after", "omp-wait-policy"):
         ap.add_argument(f"--{name}", default="")
     a = ap.parse_args()
@@ -64,6 +65,9 @@ def main():
     summary = {
         "kind": a.kind,
         "concurrency": a.concurrency,
+        "rate": float(a.rate) if a.rate else None,
+        # Requests per second that met every --goodput SLO (aiperf's "goodput"); None without.
+        "goodput_per_s": value(data, "goodput"),
         "ttft_ms": stats_ms(data, "time_to_first_token"),
         "itl_ms": stats_ms(data, "inter_token_latency"),
         "request_latency_ms": stats_ms(data, "request_latency"),

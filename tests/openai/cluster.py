@@ -34,7 +34,8 @@ class Cluster:
     """A router plus workers; stopped (SIGTERM, then SIGKILL) on exit."""
 
     def __init__(self, prefill=1, decode=1, mode="disaggregated", router_flags=(),
-                 worker_flags=(), decode_flags=(), threads=1, start_timeout=120):
+                 worker_flags=(), decode_flags=(), threads=1, start_timeout=120,
+                 scheme="http", health_context=None):
         self.prefill = prefill
         self.decode = decode
         self.mode = mode
@@ -47,8 +48,9 @@ class Cluster:
         self.logs = tempfile.mkdtemp(prefix="tandem-openai-")
         self.grpc_port = free_port()
         self.http_port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.http_port}/v1"
-        self.root_url = f"http://127.0.0.1:{self.http_port}"
+        self.base_url = f"{scheme}://127.0.0.1:{self.http_port}/v1"
+        self.root_url = f"{scheme}://127.0.0.1:{self.http_port}"
+        self.health_context = health_context  # an ssl.SSLContext for https
 
     def _spawn(self, name, argv):
         log_path = os.path.join(self.logs, name + ".log")
@@ -81,7 +83,8 @@ class Cluster:
     def health(self):
         """GET /health as (status, body dict); (0, {}) while the router is not up."""
         try:
-            with urllib.request.urlopen(self.root_url + "/health", timeout=5) as r:
+            with urllib.request.urlopen(self.root_url + "/health", timeout=5,
+                                        context=self.health_context) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
