@@ -365,25 +365,6 @@ void PrintHealth(const v1::HealthResponse& health, const std::string& router) {
   }
 }
 
-Json HealthJson(const v1::HealthResponse& health) {
-  Json workers = Json::array();
-  for (const v1::WorkerStatus& w : health.workers()) {
-    workers.push_back({{"id", w.id()},
-                       {"role", w.role()},
-                       {"address", w.address()},
-                       {"free_kv_blocks", w.free_kv_blocks()},
-                       {"total_kv_blocks", w.total_kv_blocks()},
-                       {"running_sequences", w.running_sequences()},
-                       {"queued_prompt_tokens", w.queued_prompt_tokens()},
-                       {"draining", w.draining()}});
-  }
-  return Json{{"serving", health.serving()},
-              {"mode", health.mode()},
-              {"prefill_workers", health.prefill_workers()},
-              {"decode_workers", health.decode_workers()},
-              {"workers", workers}};
-}
-
 absl::Status Health(v1::Generation::Stub& stub, const Args& args, const std::string& router,
                     SignalCanceller& canceller) {
   ASSIGN_OR_RETURN(absl::Duration timeout, TimeoutFromArgs(args, kDefaultInfoTimeout));

@@ -10,6 +10,7 @@
 #include "common/strings.h"
 #include "nlohmann/json.hpp"
 #include "router/openai_api.h"
+#include "service/convert.h"
 
 namespace tandem::router {
 namespace {
@@ -179,22 +180,7 @@ void OpenAiFrontend::Handle(HttpRequest request, std::shared_ptr<HttpResponse> r
   if (path == "/health") {
     if (!get) return wrong_method("GET");
     const v1::HealthResponse health = hooks_.health();
-    nlohmann::json workers = nlohmann::json::array();
-    for (const v1::WorkerStatus& w : health.workers()) {
-      workers.push_back({{"id", w.id()},
-                         {"role", w.role()},
-                         {"address", w.address()},
-                         {"free_kv_blocks", w.free_kv_blocks()},
-                         {"total_kv_blocks", w.total_kv_blocks()},
-                         {"running_sequences", w.running_sequences()},
-                         {"queued_prompt_tokens", w.queued_prompt_tokens()},
-                         {"draining", w.draining()}});
-    }
-    const nlohmann::json body{{"status", health.serving() ? "ok" : "unavailable"},
-                              {"mode", health.mode()},
-                              {"prefill_workers", health.prefill_workers()},
-                              {"decode_workers", health.decode_workers()},
-                              {"workers", std::move(workers)}};
+    const nlohmann::json body = HealthJson(health);
     return SendJson(*response, health.serving() ? 200 : 503, body.dump());
   }
   if (path == "/metrics") {

@@ -1,8 +1,10 @@
 #include "service/convert.h"
 
 #include <string>
+#include <utility>
 
 #include "common/strings.h"
+#include "nlohmann/json.hpp"
 
 namespace tandem {
 
@@ -116,6 +118,26 @@ v1::WorkerLoad WorkerLoadFromStats(const EngineStats& stats) {
   load.set_free_kv_blocks(stats.free_kv_blocks);
   load.set_total_kv_blocks(stats.total_kv_blocks);
   return load;
+}
+
+nlohmann::json HealthJson(const v1::HealthResponse& health) {
+  nlohmann::json workers = nlohmann::json::array();
+  for (const v1::WorkerStatus& w : health.workers()) {
+    workers.push_back({{"id", w.id()},
+                       {"role", w.role()},
+                       {"address", w.address()},
+                       {"free_kv_blocks", w.free_kv_blocks()},
+                       {"total_kv_blocks", w.total_kv_blocks()},
+                       {"running_sequences", w.running_sequences()},
+                       {"queued_prompt_tokens", w.queued_prompt_tokens()},
+                       {"draining", w.draining()}});
+  }
+  return nlohmann::json{{"serving", health.serving()},
+                        {"status", health.serving() ? "ok" : "unavailable"},
+                        {"mode", health.mode()},
+                        {"prefill_workers", health.prefill_workers()},
+                        {"decode_workers", health.decode_workers()},
+                        {"workers", std::move(workers)}};
 }
 
 }  // namespace tandem

@@ -7,6 +7,7 @@
 #include "engine/engine.h"
 #include "engine/request.h"
 #include "kvtransfer/kv_layout.h"
+#include "nlohmann/json_fwd.hpp"
 #include "tandem/v1/generation.pb.h"
 #include "tandem/v1/worker.pb.h"
 
@@ -32,6 +33,11 @@ absl::StatusOr<KvLayout> KvLayoutFromProto(const v1::KvLayoutProto& proto);
 
 // The load a worker reports: the engine's figures plus what the worker queued around it.
 v1::WorkerLoad WorkerLoadFromStats(const EngineStats& stats);
+
+// The router's health for people and scripts: `tandem client --health --json` and the HTTP
+// API's GET /health. {"serving", "status" ("ok" | "unavailable"), "mode", "prefill_workers",
+// "decode_workers", "workers": [{"id", "role", "address", "free_kv_blocks", ...}]}.
+nlohmann::json HealthJson(const v1::HealthResponse& health);
 
 }  // namespace tandem
 

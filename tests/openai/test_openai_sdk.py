@@ -216,6 +216,12 @@ class OpenAiSdkTest(unittest.TestCase):
         self.assertEqual(headers["allow"], "POST")
         status, _, _ = raw(self.cluster, "DELETE", "/v1/models")
         self.assertEqual(status, 405)
+        # Bodies and heads beyond the server's bounds (16 MiB, 64 KiB).
+        status, _, body = raw(self.cluster, "POST", "/v1/completions", b"x" * (17 << 20))
+        self.assertEqual(status, 413)
+        self.assertIn("error", json.loads(body))
+        status, _, _ = raw(self.cluster, "GET", "/v1/models", headers={"X-Big": "y" * (70 << 10)})
+        self.assertEqual(status, 431)
         # A request line no HTTP parser accepts.
         import socket
         with socket.create_connection(("127.0.0.1", self.cluster.http_port), timeout=10) as s:
