@@ -33,6 +33,9 @@ constexpr absl::Duration kPrefillSlack = absl::Seconds(5);
 // How long a prefill that failed for good waits for D's first token before the router
 // gives up on the leg (see RunPrefill).
 constexpr absl::Duration kTokenGrace = absl::Milliseconds(200);
+// How many times a request is placed again after its decode reservation expired before
+// its KV arrived (the prefill queue outlasted the deadline) before it fails UNAVAILABLE.
+constexpr int kMaxExpiredReservations = 3;
 
 // A client context that inherits the client's deadline and cancellation: when the client
 // leaves, gRPC cancels every call the router made on its behalf.
@@ -111,7 +114,7 @@ class GenerateCall {
     bool failed_for_good = false;
   };
 
-  enum class LegEnd { kFinished, kClientGone, kDecodeFailed, kError };
+  enum class LegEnd { kFinished, kClientGone, kDecodeFailed, kReservationExpired, kError };
   struct LegResult {
     LegEnd end;
     absl::Status status;
@@ -153,6 +156,7 @@ class GenerateCall {
   double prefill_s_ = 0;
   double kv_transfer_s_ = 0;
   int prefill_retries_ = 0;
+  int expired_reservations_ = 0;
   int32_t cached_prompt_tokens_ = 0;
   // The latest leg's workers, for a final the router makes itself.
   std::string decode_worker_;
@@ -262,6 +266,17 @@ grpc::Status GenerateCall::Run() {
         return CancelledStatus();
       case LegEnd::kError:
         return ToGrpcStatus(result.status);
+      case LegEnd::kReservationExpired:
+        // D is healthy: it freed the blocks because the prefill came too late. The request
+        // goes back through the gate and is placed again (any D, this one included).
+        if (++expired_reservations_ > kMaxExpiredReservations) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              Cat(result.status.message(), " (", kMaxExpiredReservations + 1,
+                                  " times: the prefill workers are overloaded)"));
+        }
+        LOG(WARNING) << request_id_ << ": " << result.status.message()
+                     << "; placing the request again";
+        break;
       case LegEnd::kDecodeFailed:
         failure = Cat("decode worker ", leg.decode.id, " (", leg.decode.address,
                       ") failed: ", result.status.message());
@@ -434,6 +449,12 @@ GenerateCall::LegResult GenerateCall::RunLeg(Leg& leg) {
   if (client_gone || ClientGone()) {
     CancelLeg(leg, prefill);
     return {LegEnd::kClientGone, absl::CancelledError("the client cancelled the request")};
+  }
+  // D's reservation expired before the KV arrived: a prefill queue longer than the
+  // reservation deadline, not a failed D.
+  if (!final.has_value() && !leg.local && generated_.size() == generated_before &&
+      stream_status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return {LegEnd::kReservationExpired, FromGrpcStatus(stream_status)};
   }
   if (!leg.local && prefill.failed_for_good) {
     // The router cancelled D's ticket itself; unless D had failed on its own first, the
