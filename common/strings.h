@@ -27,6 +27,14 @@ std::string Cat(const Args&... args) {
   return absl::StrCat(strings_internal::ToAbsl(args)...);
 }
 
+// "host:port", with an IPv6 host in brackets ("[::1]:50051") unless it has them already.
+inline std::string HostPort(std::string_view host, int port) {
+  if (host.find(':') != std::string_view::npos && !host.starts_with('[')) {
+    return Cat("[", host, "]:", port);
+  }
+  return Cat(host, ":", port);
+}
+
 }  // namespace tandem
 
 #endif  // TANDEM_COMMON_STRINGS_H_

@@ -288,13 +288,19 @@ json Usage(const v1::GenerateFinal& final) {
               {"prompt_tokens_details", {{"cached_tokens", final.cached_prompt_tokens()}}}};
 }
 
+// What every response object starts with; `chunk`: a streamed chunk's object name.
+json Envelope(const ResponseContext& context, bool chunk) {
+  const bool chat = context.endpoint == Endpoint::kChatCompletions;
+  return json{{"id", context.id},
+              {"object", chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                              : "text_completion"},
+              {"created", context.created},
+              {"model", context.model}};
+}
+
 json ChunkEnvelope(const ResponseContext& context, json choice, bool include_usage) {
-  json chunk{{"id", context.id},
-             {"object", context.endpoint == Endpoint::kChatCompletions ? "chat.completion.chunk"
-                                                                       : "text_completion"},
-             {"created", context.created},
-             {"model", context.model},
-             {"choices", json::array({std::move(choice)})}};
+  json chunk = Envelope(context, /*chunk=*/true);
+  chunk["choices"] = json::array({std::move(choice)});
   if (include_usage) chunk["usage"] = nullptr;
   return chunk;
 }
@@ -446,14 +452,10 @@ std::string CompletionJson(const ResponseContext& context, std::string_view text
     choice =
         json{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish}};
   }
-  return Dump(json{
-      {"id", context.id},
-      {"object",
-       context.endpoint == Endpoint::kChatCompletions ? "chat.completion" : "text_completion"},
-      {"created", context.created},
-      {"model", context.model},
-      {"choices", json::array({std::move(choice)})},
-      {"usage", Usage(final)}});
+  json response = Envelope(context, /*chunk=*/false);
+  response["choices"] = json::array({std::move(choice)});
+  response["usage"] = Usage(final);
+  return Dump(response);
 }
 
 std::string RoleChunk(const ResponseContext& context, bool include_usage) {
@@ -478,13 +480,9 @@ std::string FinishChunk(const ResponseContext& context, const v1::GenerateFinal&
 }
 
 std::string UsageChunk(const ResponseContext& context, const v1::GenerateFinal& final) {
-  json chunk{{"id", context.id},
-             {"object", context.endpoint == Endpoint::kChatCompletions ? "chat.completion.chunk"
-                                                                       : "text_completion"},
-             {"created", context.created},
-             {"model", context.model},
-             {"choices", json::array()},
-             {"usage", Usage(final)}};
+  json chunk = Envelope(context, /*chunk=*/true);
+  chunk["choices"] = json::array();
+  chunk["usage"] = Usage(final);
   return Event(chunk);
 }
 

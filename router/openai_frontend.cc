@@ -11,6 +11,7 @@
 #include "nlohmann/json.hpp"
 #include "router/openai_api.h"
 #include "service/convert.h"
+#include "service/metrics.h"
 
 namespace tandem::router {
 namespace {
@@ -160,6 +161,12 @@ OpenAiFrontend::OpenAiFrontend(const RouterModel& model, std::shared_ptr<grpc::C
       started_(absl::ToUnixSeconds(absl::Now())),
       id_prefix_(NewIdPrefix()) {}
 
+openai::Error OpenAiFrontend::ModelNotFound(std::string_view model) const {
+  return {404, "invalid_request_error",
+          Cat("model '", model, "' does not exist; this router serves '", model_.id(), "'"), "model",
+          "model_not_found"};
+}
+
 std::string OpenAiFrontend::NewId(bool chat) {
   return Cat(chat ? "chatcmpl-" : "cmpl-", id_prefix_, "-",
              next_id_.fetch_add(1, std::memory_order_relaxed));
@@ -185,7 +192,7 @@ void OpenAiFrontend::Handle(HttpRequest request, std::shared_ptr<HttpResponse> r
   }
   if (path == "/metrics") {
     if (!get) return wrong_method("GET");
-    return response->Send(200, {{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}},
+    return response->Send(200, {{"Content-Type", metrics::kContentType}},
                           hooks_.metrics_text());
   }
   if (!path.starts_with("/v1/")) {
@@ -202,12 +209,7 @@ void OpenAiFrontend::Handle(HttpRequest request, std::shared_ptr<HttpResponse> r
   if (path.starts_with("/v1/models/")) {
     if (!get) return wrong_method("GET");
     const std::string_view id = std::string_view(path).substr(sizeof("/v1/models/") - 1);
-    if (!model_.Matches(id) || id.empty()) {
-      return SendError(*response, {404, "invalid_request_error",
-                                   Cat("model '", id, "' does not exist; this router serves '",
-                                       model_.id(), "'"),
-                                   "model", "model_not_found"});
-    }
+    if (!model_.Matches(id) || id.empty()) return SendError(*response, ModelNotFound(id));
     return SendJson(*response, 200,
                     openai::ModelJson(model_.id(), started_, model_.context_length()));
   }
@@ -224,12 +226,7 @@ void OpenAiFrontend::HandleGenerate(bool chat, const HttpRequest& request,
   openai::Error error;
   absl::StatusOr<openai::ParsedRequest> parsed = openai::ParseRequest(endpoint, request.body, &error);
   if (!parsed.ok()) return SendError(*response, error);
-  if (!model_.Matches(parsed->model)) {
-    return SendError(*response, {404, "invalid_request_error",
-                                 Cat("model '", parsed->model,
-                                     "' does not exist; this router serves '", model_.id(), "'"),
-                                 "model", "model_not_found"});
-  }
+  if (!model_.Matches(parsed->model)) return SendError(*response, ModelNotFound(parsed->model));
   openai::ResponseContext context;
   context.endpoint = endpoint;
   context.id = NewId(chat);

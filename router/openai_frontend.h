@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "grpcpp/grpcpp.h"
+#include "router/openai_api.h"
 #include "router/router_model.h"
 #include "service/http_server.h"
 #include "tandem/v1/generation.grpc.pb.h"
@@ -48,6 +49,8 @@ class OpenAiFrontend {
   void HandleGenerate(bool chat, const HttpRequest& request,
                       std::shared_ptr<HttpResponse> response);
   std::string NewId(bool chat);
+  // 404 model_not_found for a model this router does not serve.
+  openai::Error ModelNotFound(std::string_view model) const;
 
   const RouterModel& model_;
   std::unique_ptr<v1::Generation::Stub> stub_;

@@ -9,16 +9,6 @@
 #include "engine/model_store.h"
 
 namespace tandem::router {
-namespace {
-
-std::string HostPort(const std::string& host, int port) {
-  if (host.find(':') != std::string::npos && host.front() != '[') {
-    return Cat("[", host, "]:", port);
-  }
-  return Cat(host, ":", port);
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Start(RouterOptions options) {
   std::unique_ptr<Router> router(new Router(std::move(options)));

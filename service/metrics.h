@@ -121,6 +121,9 @@ struct Sample {
 // Called at scrape time; returns the family's samples. Must not call into the registry.
 using Collector = std::function<std::vector<Sample>()>;
 
+// The Content-Type of Registry::TextExposition() over HTTP.
+inline constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
+
 class Registry {
  public:
   explicit Registry(ConstLabels const_labels = {});

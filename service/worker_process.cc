@@ -103,9 +103,7 @@ int WaitForShutdownSignal() {
 absl::StatusOr<StartedServer> StartServer(grpc::ServerBuilder& builder,
                                           const WorkerFlags& flags) {
   int port = 0;
-  const std::string bind = Cat(flags.host.find(':') != std::string::npos ? "[" : "", flags.host,
-                               flags.host.find(':') != std::string::npos ? "]" : "", ":",
-                               flags.port);
+  const std::string bind = HostPort(flags.host, flags.port);
   builder.AddListeningPort(
       bind, MakeServerCredentials(flags.tls, ClientCertPolicy::kRequireAndVerify), &port);
   builder.SetMaxReceiveMessageSize(64 << 20);
@@ -131,7 +129,7 @@ HttpHandler MetricsHandler(const metrics::Registry& registry) {
                      R"({"error":{"message":"/metrics answers GET","type":"method_not_allowed"}})");
       return;
     }
-    response->Send(200, {{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}},
+    response->Send(200, {{"Content-Type", metrics::kContentType}},
                    request.method == "HEAD" ? "" : registry.TextExposition());
   };
 }
@@ -195,9 +193,8 @@ int RunWorkerProcess(
         HttpServer::Start(http, MetricsHandler(*worker->metrics()));
     if (!started.ok()) return fail(started.status(), 1);
     metrics_server = std::move(*started);
-    const bool v6 = flags->metrics_host.find(':') != std::string::npos;
-    metrics_address = Cat(flags->tls_files.cert.empty() ? "http://" : "https://", v6 ? "[" : "", flags->metrics_host, v6 ? "]" : "", ":",
-                          metrics_server->port(), "/metrics");
+    metrics_address = Cat(flags->tls_files.cert.empty() ? "http://" : "https://",
+                          HostPort(flags->metrics_host, metrics_server->port()), "/metrics");
   }
   registration.Start();
   // NOTE: tests and scripts parse "metrics on http(s)://HOST:PORT/metrics".
