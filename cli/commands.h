@@ -8,7 +8,7 @@
 #include "absl/status/statusor.h"
 #include "common/args.h"
 #include "engine/engine.h"
-#include "engine/engine_flags.h"
+#include "engine/backends/engine_flags.h"
 
 namespace tandem::cli {
 

@@ -5,9 +5,8 @@
 
 #include "common/logging.h"
 #include "common/strings.h"
-#include "kvtransfer/channel_token.h"
+#include "kvtransfer/data_path.h"
 #include "kvtransfer/layer_receiver.h"
-#include "kvtransfer/tcp_transport.h"
 #include "service/convert.h"
 #include "service/grpc_status.h"
 
@@ -25,8 +24,7 @@ constexpr absl::Duration kEngineDeadlineSlack = absl::Minutes(1);
 DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options)
     : options_(options) {
   runner_ = &engine->runner();
-  layout_ = KvLayout::For(engine->config(), runner_->block_size(),
-                          engine->options().kv_dtype);
+  layout_ = KvLayout::For(engine->config(), runner_->block_size(), runner_->kv_dtype());
   loop_ = std::make_unique<EngineLoop>(
       std::move(engine),
       [this](Engine& e, std::vector<RequestOutput>& outputs) { OnOutputs(e, outputs); },
@@ -350,31 +348,35 @@ grpc::Status DecodeWorker::Transfer(
     LOG(WARNING) << "refused a KV channel: " << compatible.message();
     return ToGrpcStatus(compatible);
   }
-  if (message.open().transport() != "tcp") {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                        Cat("KV transport '", message.open().transport(),
-                            "' is not served here; this worker offers tcp"));
+  absl::StatusOr<TransportKind> kind = ParseTransportKind(message.open().transport());
+  if (!kind.ok()) return ToGrpcStatus(kind.status());
+  if (absl::Status s = CheckTransportAvailable(*kind, runner_->kv_on_device()); !s.ok()) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, std::string(s.message()));
   }
 
-  // A listener for this channel alone: the one connection that arrives is the peer's.
-  absl::StatusOr<std::unique_ptr<TcpTransportListener>> listener =
-      TcpTransportListener::Listen(options_.listen_host, 0);
+  // A data path for this channel alone: the one peer that arrives with the token (which
+  // only the control stream's peer has) is the prefill worker's.
+  DataPathOptions data_options;
+  data_options.device = runner_->device();
+  data_options.listen_host = options_.listen_host;
+  data_options.advertise_host = options_.advertise_host;
+  absl::StatusOr<std::unique_ptr<DataPathListener>> listener =
+      DataPathListener::Listen(*kind, data_options);
   if (!listener.ok()) return ToGrpcStatus(listener.status());
-  // Whoever reaches the port must also present this token, which only the control
-  // stream's peer has.
-  absl::StatusOr<std::string> token = NewChannelToken();
-  if (!token.ok()) return ToGrpcStatus(token.status());
   v1::KvToPrefill reply;
   *reply.mutable_accepted_layout() = KvLayoutToProto(layout_);
-  reply.set_data_address(Cat(options_.advertise_host, ":", (*listener)->port()));
-  reply.set_data_token(*token);
+  reply.set_data_address((*listener)->address());
+  reply.set_data_token((*listener)->token());
   if (!stream->Write(reply)) return grpc::Status::CANCELLED;
-  absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
-      AcceptWithChannelToken(**listener, *token, absl::Now() + options_.transfer_timeout);
-  (*listener)->Close();
+  absl::StatusOr<std::unique_ptr<Transport>> transport =
+      (*listener)->Accept(absl::Now() + options_.transfer_timeout);
   if (!transport.ok()) return ToGrpcStatus(transport.status());
+  const std::unique_ptr<DeviceAllocator> staging =
+      MakeStagingAllocator(*kind, runner_->device());
+  LayerTransferOptions transfer_options;
+  transfer_options.device_allocator = staging.get();
   absl::StatusOr<std::unique_ptr<LayerReceiver>> receiver =
-      LayerReceiver::Create(runner_, layout_, *peer, transport->get());
+      LayerReceiver::Create(runner_, layout_, *peer, transport->get(), transfer_options);
   if (!receiver.ok()) return ToGrpcStatus(receiver.status());
 
   uint64_t receiving = 0;  // the ticket of the transfer in progress

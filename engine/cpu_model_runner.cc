@@ -24,7 +24,8 @@ CpuModelRunner::CpuModelRunner(const ModelWeights& weights, const CpuModelRunner
   const ModelConfig& c = weights_.config();
   CHECK_GT(options_.num_kv_blocks, 0);
   CHECK_GT(options_.block_size, 0);
-  const int64_t elem_bytes = options_.kv_dtype == KvDtype::kF16 ? 2 : 4;
+  CHECK(options_.kv_dtype != KvDtype::kBF16) << "the CPU runner keeps KV in f16 or f32";
+  const int64_t elem_bytes = KvDtypeBytes(options_.kv_dtype);
   const int64_t layer_bytes = options_.num_kv_blocks * options_.block_size * c.n_kv_heads *
                               c.head_dim * elem_bytes;
   k_cache_.resize(c.n_layers);
@@ -174,7 +175,7 @@ void CpuModelRunner::Layer(int layer, int64_t n_tokens) {
 
 int64_t CpuModelRunner::KvBlockBytes() const {
   const ModelConfig& c = weights_.config();
-  const int64_t elem_bytes = options_.kv_dtype == KvDtype::kF16 ? 2 : 4;
+  const int64_t elem_bytes = KvDtypeBytes(options_.kv_dtype);
   return static_cast<int64_t>(options_.block_size) * c.n_kv_heads * c.head_dim * elem_bytes;
 }
 

@@ -39,6 +39,7 @@ class CpuModelRunner : public ModelRunner {
   absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) override;
 
   bool kv_on_device() const override { return false; }
+  KvDtype kv_dtype() const override { return options_.kv_dtype; }
   int64_t KvLayerBytes(int64_t num_blocks) const override;
   absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) override;
   absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks,

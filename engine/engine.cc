@@ -7,7 +7,8 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "engine/cpu_model_runner.h"
+#include "common/strings.h"
+#include "engine/runner_registry.h"
 
 namespace tandem {
 namespace {
@@ -69,9 +70,20 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   engine->max_context_ =
       options.max_context > 0 ? std::min(options.max_context, c.context_length) : c.context_length;
 
-  const int64_t elem_bytes = options.kv_dtype == KvDtype::kF16 ? 2 : 4;
+  ASSIGN_OR_RETURN(const DeviceSpec device, ParseDevice(options.device));
+  ASSIGN_OR_RETURN(const RunnerBackend backend, FindRunnerBackend(device.backend));
+  KvDtype kv_dtype = options.kv_dtype;
+  if (std::find(backend.kv_dtypes.begin(), backend.kv_dtypes.end(), kv_dtype) ==
+      backend.kv_dtypes.end()) {
+    if (kv_dtype != KvDtype::kF16 || backend.kv_dtypes.empty()) {
+      return absl::InvalidArgumentError(Cat("the ", backend.name, " backend does not keep the KV cache in ",
+                                            KvDtypeName(kv_dtype)));
+    }
+    kv_dtype = backend.kv_dtypes.front();  // the default f16 means "the backend's own"
+  }
+  engine->options_.kv_dtype = kv_dtype;
   const int64_t block_bytes =
-      2ll * c.n_layers * c.n_kv_heads * c.head_dim * elem_bytes * options.block_size;
+      2ll * c.n_layers * c.n_kv_heads * c.head_dim * KvDtypeBytes(kv_dtype) * options.block_size;
   int64_t num_blocks = options.num_kv_blocks;
   if (num_blocks <= 0) num_blocks = options.kv_cache_bytes / block_bytes;
   if (num_blocks < 2) {
@@ -80,13 +92,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
         options.kv_cache_bytes, num_blocks, block_bytes));
   }
 
-  CpuModelRunnerOptions runner_options;
+  RunnerOptions runner_options;
+  runner_options.device_index = device.index;
   runner_options.num_threads = options.num_threads;
   runner_options.num_kv_blocks = num_blocks;
   runner_options.block_size = options.block_size;
-  runner_options.kv_dtype = options.kv_dtype;
+  runner_options.kv_dtype = kv_dtype;
   runner_options.exact_matmul = options.exact_matmul;
-  engine->runner_ = std::make_unique<CpuModelRunner>(*weights, runner_options);
+  ASSIGN_OR_RETURN(engine->runner_, backend.make(*weights, runner_options));
 
   KvCacheOptions kv_options;
   kv_options.num_blocks = num_blocks;

@@ -27,11 +27,12 @@
 namespace tandem {
 
 struct EngineOptions {
+  std::string device = "cpu";             // "cpu", "cuda" or "cuda:N" (engine/runner_registry.h)
   int num_threads = 0;                    // 0: every core
   int64_t kv_cache_bytes = 512ll << 20;   // KV memory; sets the block count
   int64_t num_kv_blocks = 0;              // overrides kv_cache_bytes when > 0
   int block_size = 16;
-  KvDtype kv_dtype = KvDtype::kF16;
+  KvDtype kv_dtype = KvDtype::kF16;       // kF16 means "the backend's default" (bf16 on CUDA)
   int32_t max_batch_tokens = 512;
   int32_t max_num_seqs = 64;
   bool enable_prefix_caching = true;
@@ -130,6 +131,7 @@ class Engine {
 
   // The backend, for moving KV in and out of its cache (engine thread only).
   ModelRunner& runner() { return *runner_; }
+  const ModelRunner& runner() const { return *runner_; }
 
   // Last-position logits of a prompt, computed in a scratch sequence ([vocab]).
   absl::StatusOr<std::vector<float>> PromptLogits(const std::vector<int32_t>& tokens);

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
+#include "kernels/cpu/attention.h"
 
 namespace tandem {
 
@@ -43,6 +44,9 @@ class ModelRunner {
   // Buffers live where the runner computes (host memory for the CPU runner, device memory
   // for the CUDA runner); `kv_on_device()` tells which.
   virtual bool kv_on_device() const = 0;
+  virtual KvDtype kv_dtype() const = 0;
+  // The device index of a runner whose KV is on a device (CUDA ordinal); -1 otherwise.
+  virtual int device() const { return -1; }
   virtual int64_t KvLayerBytes(int64_t num_blocks) const = 0;
   virtual absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) = 0;
   virtual absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks,
@@ -50,8 +54,10 @@ class ModelRunner {
 
   // Called by Forward, on its thread, once layer `layer`'s KV of the whole batch is in the
   // cache (layers in increasing order), so a prefill worker can stream a layer while the
-  // next one computes. Runners that cannot tell report nothing; Engine reports the
-  // remaining layers after Forward returns. Empty: no calls.
+  // next one computes. For a device runner "in the cache" means ordered before any later
+  // ReadKvLayer of the layer: the read waits on the device for the write. Runners that
+  // cannot tell report nothing; Engine reports the remaining layers after Forward returns.
+  // Empty: no calls.
   void set_layer_done_callback(std::function<void(int layer)> callback) {
     layer_done_ = std::move(callback);
   }

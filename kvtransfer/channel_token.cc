@@ -10,16 +10,12 @@
 #include "common/logging.h"
 
 namespace tandem {
-namespace {
-
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+bool ChannelTokenEquals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   volatile unsigned char diff = 0;  // volatile: no early-exit memcmp
   for (size_t i = 0; i < a.size(); ++i) diff = diff | static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
 }
-
-}  // namespace
 
 absl::StatusOr<std::string> NewChannelToken() {
   std::string token(kChannelTokenBytes, '\0');
@@ -50,7 +46,7 @@ absl::StatusOr<std::unique_ptr<TcpTransport>> AcceptWithChannelToken(
     absl::Status status = (*transport)->Recv(presented.data(),
                                              static_cast<int64_t>(presented.size()),
                                              std::min(deadline, absl::Now() + token_timeout));
-    if (status.ok() && ConstantTimeEquals(presented, token)) return transport;
+    if (status.ok() && ChannelTokenEquals(presented, token)) return transport;
     LOG(WARNING) << "KV data connection " << (*transport)->description()
                  << " closed: it did not present the channel's token"
                  << (status.ok() ? "" : absl::StrCat(" (", status.message(), ")"));

@@ -24,6 +24,9 @@ inline constexpr int kChannelTokenBytes = 32;
 // kChannelTokenBytes from the kernel's CSPRNG (getrandom); INTERNAL if it fails.
 absl::StatusOr<std::string> NewChannelToken();
 
+// Compares a presented token with the channel's in constant time.
+bool ChannelTokenEquals(std::string_view presented, std::string_view token);
+
 // Prefill side: sends `token` as the first message of a fresh data connection.
 absl::Status PresentChannelToken(TcpTransport& transport, std::string_view token,
                                  absl::Time deadline);

@@ -4,11 +4,6 @@
 #include "common/sha256.h"
 
 namespace tandem {
-namespace {
-
-const char* DtypeName(KvDtype dtype) { return dtype == KvDtype::kF16 ? "f16" : "f32"; }
-
-}  // namespace
 
 KvLayout KvLayout::For(const ModelConfig& config, int block_size, KvDtype dtype) {
   KvLayout layout;
@@ -27,14 +22,14 @@ std::string KvLayout::Fingerprint() const {
   const std::string canonical =
       absl::StrCat("tandem.kv_layout.v1\nmodel=", model_fingerprint, "\nn_layers=", n_layers,
                    "\nn_kv_heads=", n_kv_heads, "\nhead_dim=", head_dim,
-                   "\nblock_size=", block_size, "\ndtype=", DtypeName(dtype), "\n");
+                   "\nblock_size=", block_size, "\ndtype=", KvDtypeName(dtype), "\n");
   return Sha256Hex(canonical);
 }
 
 std::string KvLayout::ToString() const {
   return absl::StrCat("KV layout of ", model_fingerprint, ": ", n_layers, " layers, ", n_kv_heads,
                       " kv heads, head dim ", head_dim, ", block size ", block_size, ", ",
-                      DtypeName(dtype));
+                      KvDtypeName(dtype));
 }
 
 absl::Status KvLayout::CheckCompatible(const KvLayout& peer) const {
@@ -47,7 +42,7 @@ absl::Status KvLayout::CheckCompatible(const KvLayout& peer) const {
   if (n_kv_heads != peer.n_kv_heads) return mismatch("n_kv_heads", n_kv_heads, peer.n_kv_heads);
   if (head_dim != peer.head_dim) return mismatch("head_dim", head_dim, peer.head_dim);
   if (block_size != peer.block_size) return mismatch("block_size", block_size, peer.block_size);
-  if (dtype != peer.dtype) return mismatch("dtype", DtypeName(dtype), DtypeName(peer.dtype));
+  if (dtype != peer.dtype) return mismatch("dtype", KvDtypeName(dtype), KvDtypeName(peer.dtype));
   if (model_fingerprint != peer.model_fingerprint) {
     return mismatch("model_fingerprint", model_fingerprint, peer.model_fingerprint);
   }

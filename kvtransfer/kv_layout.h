@@ -22,7 +22,7 @@ struct KvLayout {
 
   static KvLayout For(const ModelConfig& config, int block_size, KvDtype dtype);
 
-  int64_t ElementBytes() const { return dtype == KvDtype::kF16 ? 2 : 4; }
+  int64_t ElementBytes() const { return KvDtypeBytes(dtype); }
   // K and V of one block in one layer.
   int64_t LayerBlockBytes() const {
     return 2ll * block_size * n_kv_heads * head_dim * ElementBytes();

@@ -36,7 +36,7 @@ absl::StatusOr<void*> KvStagingBuffer::Reserve(int64_t bytes) {
 absl::Status CheckLayerTransferSetup(const ModelRunner& runner, const KvLayout& local,
                                      const KvLayout& peer, const Transport& transport,
                                      const LayerTransferOptions& options) {
-  const KvLayout actual = KvLayout::For(runner.config(), runner.block_size(), local.dtype);
+  const KvLayout actual = KvLayout::For(runner.config(), runner.block_size(), runner.kv_dtype());
   if (absl::Status s = actual.CheckCompatible(local); !s.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("the local KV layout does not describe the runner's cache (runner vs "
@@ -50,16 +50,19 @@ absl::Status CheckLayerTransferSetup(const ModelRunner& runner, const KvLayout& 
         local.ToString(), ")"));
   }
   RETURN_IF_ERROR(local.CheckCompatible(peer));
+  // A host transport serves any runner (a device runner copies through host staging); a
+  // device transport needs the KV on the device.
   const bool device_transport = transport.memory() == MemoryKind::kDevice;
-  if (runner.kv_on_device() != device_transport) {
+  if (device_transport && !runner.kv_on_device()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the runner keeps KV in ", runner.kv_on_device() ? "device" : "host",
-                     " memory but the ", std::string(TransportKindName(transport.kind())),
-                     " transport moves ", device_transport ? "device" : "host", " memory"));
+        absl::StrCat("the runner keeps KV in host memory but the ",
+                     std::string(TransportKindName(transport.kind())),
+                     " transport moves device memory (run the worker with --device cuda)"));
   }
-  if (runner.kv_on_device() && options.device_allocator == nullptr) {
-    return absl::FailedPreconditionError(
-        "the runner keeps KV in device memory: LayerTransferOptions::device_allocator is needed");
+  if (device_transport && options.device_allocator == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the ", std::string(TransportKindName(transport.kind())),
+        " transport moves device memory: LayerTransferOptions::device_allocator is needed"));
   }
   return absl::OkStatus();
 }
@@ -90,7 +93,7 @@ LayerTransfer::LayerTransfer(ModelRunner* runner, const KvLayout& layout, Transp
     : runner_(runner),
       layout_(layout),
       transport_(transport),
-      staging_(runner->kv_on_device(), options.device_allocator) {}
+      staging_(transport->memory() == MemoryKind::kDevice, options.device_allocator) {}
 
 int64_t LayerTransfer::layer_bytes() const {
   return runner_->KvLayerBytes(static_cast<int64_t>(blocks_.size()));

@@ -32,8 +32,8 @@
 
 namespace tandem {
 
-// Device memory for staging when the runner's KV lives on a GPU; the CUDA side implements
-// it. Host staging needs none.
+// Device memory for staging when the transport moves device memory; the CUDA side
+// implements it (kvtransfer/cuda). Host staging (TCP, with any runner) needs none.
 class DeviceAllocator {
  public:
   virtual ~DeviceAllocator() = default;
@@ -42,7 +42,7 @@ class DeviceAllocator {
 };
 
 struct LayerTransferOptions {
-  // Required when runner.kv_on_device(); must outlive the sender/receiver.
+  // Required with a device-memory transport; must outlive the sender/receiver.
   DeviceAllocator* device_allocator = nullptr;
 };
 
@@ -68,7 +68,8 @@ class KvStagingBuffer {
 
 // Checks what both ends need before a channel carries KV: `local` describes `runner`'s
 // cache, `peer` is compatible with it (FAILED_PRECONDITION naming the field otherwise), and
-// the transport moves memory where the runner keeps KV.
+// the transport can reach the runner's KV (a device-memory transport needs a device runner;
+// a host transport serves both, through host staging).
 absl::Status CheckLayerTransferSetup(const ModelRunner& runner, const KvLayout& local,
                                      const KvLayout& peer, const Transport& transport,
                                      const LayerTransferOptions& options);

@@ -4,9 +4,7 @@
 
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "absl/strings/numbers.h"
 #include "common/strings.h"
-#include "kvtransfer/channel_token.h"
 #include "service/convert.h"
 #include "service/grpc_status.h"
 
@@ -27,7 +25,8 @@ KvChannelClient::~KvChannelClient() {
 
 absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
     const std::string& decode_address, ModelRunner* runner, const KvLayout& layout,
-    absl::Time deadline, std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    absl::Time deadline, std::shared_ptr<grpc::ChannelCredentials> credentials,
+    TransportKind transport) {
   std::unique_ptr<KvChannelClient> channel(new KvChannelClient(decode_address, runner, layout));
   channel->grpc_channel_ = grpc::CreateChannel(
       decode_address,
@@ -38,34 +37,22 @@ absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
 
   v1::KvFromPrefill open;
   *open.mutable_open()->mutable_layout() = KvLayoutToProto(layout);
-  open.mutable_open()->set_transport("tcp");
+  open.mutable_open()->set_transport(std::string(TransportKindName(transport)));
   RETURN_IF_ERROR(channel->Write(open));
   ASSIGN_OR_RETURN(v1::KvToPrefill reply, channel->ReadReply(deadline));
   ASSIGN_OR_RETURN(KvLayout peer, KvLayoutFromProto(reply.accepted_layout()));
   RETURN_IF_ERROR(layout.CheckCompatible(peer));
-  const std::string& data = reply.data_address();
-  const size_t colon = data.rfind(':');
-  if (colon == std::string::npos) {
-    return channel->Break(absl::InternalError(Cat("bad KV data address '", data, "'")));
-  }
-  int port = 0;
-  if (!absl::SimpleAtoi(data.substr(colon + 1), &port)) {
-    return channel->Break(absl::InternalError(Cat("bad KV data address '", data, "'")));
-  }
-  std::string host = data.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  TcpTransportOptions options;
-  options.connect_timeout = std::max(deadline - absl::Now(), absl::Milliseconds(1));
-  absl::StatusOr<std::unique_ptr<TcpTransport>> transport =
-      TcpTransport::Connect(host, port, options);
-  if (!transport.ok()) return channel->Break(transport.status());
-  channel->transport_ = std::move(*transport);
-  if (absl::Status s = PresentChannelToken(*channel->transport_, reply.data_token(), deadline);
-      !s.ok()) {
-    return channel->Break(s);
-  }
-  absl::StatusOr<std::unique_ptr<LayerSender>> sender =
-      LayerSender::Create(runner, layout, peer, channel->transport_.get());
+  DataPathOptions data_options;
+  data_options.device = runner->device();
+  absl::StatusOr<std::unique_ptr<Transport>> data = ConnectDataPath(
+      transport, reply.data_address(), reply.data_token(), data_options, deadline);
+  if (!data.ok()) return channel->Break(data.status());
+  channel->transport_ = std::move(*data);
+  channel->staging_allocator_ = MakeStagingAllocator(transport, runner->device());
+  LayerTransferOptions transfer_options;
+  transfer_options.device_allocator = channel->staging_allocator_.get();
+  absl::StatusOr<std::unique_ptr<LayerSender>> sender = LayerSender::Create(
+      runner, layout, peer, channel->transport_.get(), transfer_options);
   if (!sender.ok()) return channel->Break(sender.status());
   channel->sender_ = std::move(*sender);
   return channel;

@@ -1,5 +1,6 @@
 // The prefill end of a KV channel (docs/SERVING.md, The KV channel): the control stream to
-// one decode worker's KvChannel service and the TCP data connection beside it. One transfer
+// one decode worker's KvChannel service and the data connection beside it (tcp, cuda_ipc
+// or nccl: kvtransfer/data_path.h). One transfer
 // at a time per channel; any failure breaks the channel and the next transfer opens a new
 // one.
 #ifndef TANDEM_PREFILL_WORKER_KV_CHANNEL_CLIENT_H_
@@ -19,20 +20,22 @@
 #include "grpcpp/grpcpp.h"
 #include "kvtransfer/kv_layout.h"
 #include "kvtransfer/layer_sender.h"
-#include "kvtransfer/tcp_transport.h"
+#include "kvtransfer/data_path.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem {
 
 class KvChannelClient {
  public:
-  // Opens the channel: Open on the control stream (FAILED_PRECONDITION naming the field
-  // when the layouts differ), then the data connection, which first presents the channel's
-  // token from the Open reply. Every step by `deadline`. `credentials`: the control
-  // stream's (null: plaintext).
+  // Opens the channel: Open on the control stream naming `transport` (FAILED_PRECONDITION
+  // naming the field when the layouts differ; UNIMPLEMENTED or FAILED_PRECONDITION when the
+  // decode worker cannot open that transport), then the data connection to what the reply
+  // published, presenting the channel's token. Every step by `deadline`. `credentials`: the
+  // control stream's (null: plaintext).
   static absl::StatusOr<std::unique_ptr<KvChannelClient>> Open(
       const std::string& decode_address, ModelRunner* runner, const KvLayout& layout,
-      absl::Time deadline, std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
+      absl::Time deadline, std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+      TransportKind transport = TransportKind::kTcp);
   ~KvChannelClient();
   KvChannelClient(const KvChannelClient&) = delete;
   KvChannelClient& operator=(const KvChannelClient&) = delete;
@@ -65,7 +68,8 @@ class KvChannelClient {
   std::unique_ptr<v1::KvChannel::Stub> stub_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::KvFromPrefill, v1::KvToPrefill>> stream_;
-  std::unique_ptr<TcpTransport> transport_;
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<DeviceAllocator> staging_allocator_;  // device transports; outlives sender_
   std::unique_ptr<LayerSender> sender_;
   std::thread watchdog_;
 

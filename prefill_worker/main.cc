@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
         tandem::PrefillWorkerOptions options;
         options.kv_channel_credentials = tandem::MakeChannelCredentials(flags.tls);
         options.model_name = flags.model_name;
+        options.kv_transport = flags.kv_transport;
         return std::make_unique<tandem::PrefillWorker>(std::move(engine), options);
       });
 }

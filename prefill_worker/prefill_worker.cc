@@ -18,7 +18,7 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
 PrefillWorker::PrefillWorker(std::unique_ptr<Engine> engine, const PrefillWorkerOptions& options)
     : options_(options) {
   runner_ = &engine->runner();
-  layout_ = KvLayout::For(engine->config(), runner_->block_size(), engine->options().kv_dtype);
+  layout_ = KvLayout::For(engine->config(), runner_->block_size(), runner_->kv_dtype());
   engine->SetKvLayerHook([this](int layer, absl::Span<const Engine::KvLayerReady> ready) {
     OnKvLayer(layer, ready);
   });
@@ -139,7 +139,8 @@ absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
     slot->channel.reset();
     ASSIGN_OR_RETURN(slot->channel,
                      KvChannelClient::Open(ticket.decode_address(), runner_, layout_,
-                                           open_deadline, options_.kv_channel_credentials));
+                                           open_deadline, options_.kv_channel_credentials,
+                                           options_.kv_transport));
   }
   KvChannelClient& channel = *slot->channel;
   auto reply_deadline = [&] { return std::min(deadline, absl::Now() + options_.transfer_timeout); };

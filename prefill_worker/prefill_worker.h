@@ -32,6 +32,8 @@ struct PrefillWorkerOptions {
   std::string model_name;  // metrics' model_name label (WorkerFlags::model_name)
   // How KV channels reach decode workers (mutual TLS with --tls-*); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> kv_channel_credentials = nullptr;
+  // The data path of the KV channels it opens (the decode worker must offer it).
+  TransportKind kv_transport = TransportKind::kTcp;
 };
 
 class PrefillWorker final : public v1::Prefill::Service,

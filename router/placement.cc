@@ -124,10 +124,17 @@ int Placement::MatchedBlocks(const std::string& worker_id, absl::Span<const int3
 
 std::optional<WorkerView> Placement::ChoosePrefill(
     absl::Span<const WorkerView> workers, absl::Span<const int32_t> prompt,
-    const absl::flat_hash_set<std::string>& exclude) {
+    const absl::flat_hash_set<std::string>& exclude,
+    absl::Span<const std::string> decode_transports) {
+  // A prefill worker opens one transport (its first); the decode worker must accept it.
+  auto speaks = [&](const WorkerView& w) {
+    return decode_transports.empty() || w.transports.empty() ||
+           std::find(decode_transports.begin(), decode_transports.end(), w.transports.front()) !=
+               decode_transports.end();
+  };
   std::vector<const WorkerView*> eligible;
   for (const WorkerView& w : workers) {
-    if (Eligible(w, v1::WORKER_ROLE_PREFILL, exclude)) eligible.push_back(&w);
+    if (Eligible(w, v1::WORKER_ROLE_PREFILL, exclude) && speaks(w)) eligible.push_back(&w);
   }
   absl::MutexLock lock(&mu_);
   // Forget workers that left.

@@ -12,6 +12,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/strings.h"
@@ -522,13 +523,20 @@ void GenerateCall::RunPrefill(const Leg& leg, PrefillState& state,
   const int tries = std::max(1, options.prefill_tries);
   for (int attempt = 0; attempt < tries; ++attempt) {
     const std::vector<WorkerView> snapshot = rc_.registry_.Snapshot();
-    std::optional<WorkerView> p = rc_.placement_.ChoosePrefill(snapshot, leg.prompt, tried);
+    std::optional<WorkerView> p =
+        rc_.placement_.ChoosePrefill(snapshot, leg.prompt, tried, leg.decode.transports);
     // Every worker failed once: with no other, the same one gets the next try.
     if (!p.has_value() && !tried.empty())
-      p = rc_.placement_.ChoosePrefill(snapshot, leg.prompt, {});
+      p = rc_.placement_.ChoosePrefill(snapshot, leg.prompt, {}, leg.decode.transports);
     if (!p.has_value()) {
+      const bool any = std::any_of(snapshot.begin(), snapshot.end(), [](const WorkerView& w) {
+        return w.role == v1::WORKER_ROLE_PREFILL && !w.draining;
+      });
       state.status = absl::UnavailableError(
-          Cat("no prefill worker registered (mode ", RouterModeName(mode_), ")"));
+          any ? Cat("no prefill worker opens a KV transport that ", leg.decode.id, " accepts (",
+                    absl::StrJoin(leg.decode.transports, ", "), "; mode ",
+                    RouterModeName(mode_), ")")
+              : Cat("no prefill worker registered (mode ", RouterModeName(mode_), ")"));
       break;
     }
     std::unique_ptr<grpc::ClientContext> call =

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tandem/v1/worker.pb.h"
 
@@ -18,6 +19,9 @@ struct WorkerView {
   bool draining = false;
   int block_size = 16;  // tokens per KV block (the worker's kv_layout)
   v1::WorkerLoad load;  // the last heartbeat's (or the registration's) figures
+  // KV transports ("tcp", "cuda_ipc", "nccl"): a prefill worker's one (the one it opens),
+  // a decode worker's every one it accepts. Empty: unknown (any).
+  std::vector<std::string> transports;
 
   // Router-side counts: more current than a heartbeat that is up to one interval old.
   int32_t inflight_requests = 0;       // requests the router has placed here, not finished

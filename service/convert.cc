@@ -71,12 +71,6 @@ absl::StatusOr<v1::PrefillMode> PrefillModeFromText(const std::string& mode) {
       Cat("--mode '", mode, "': expected disaggregated, collocated or auto"));
 }
 
-namespace {
-
-const char* DtypeName(KvDtype dtype) { return dtype == KvDtype::kF16 ? "f16" : "f32"; }
-
-}  // namespace
-
 v1::KvLayoutProto KvLayoutToProto(const KvLayout& layout) {
   v1::KvLayoutProto proto;
   proto.set_model_fingerprint(layout.model_fingerprint);
@@ -84,7 +78,7 @@ v1::KvLayoutProto KvLayoutToProto(const KvLayout& layout) {
   proto.set_n_kv_heads(layout.n_kv_heads);
   proto.set_head_dim(layout.head_dim);
   proto.set_block_size(layout.block_size);
-  proto.set_dtype(DtypeName(layout.dtype));
+  proto.set_dtype(KvDtypeName(layout.dtype));
   proto.set_fingerprint(layout.Fingerprint());
   return proto;
 }
@@ -100,6 +94,8 @@ absl::StatusOr<KvLayout> KvLayoutFromProto(const v1::KvLayoutProto& proto) {
     layout.dtype = KvDtype::kF16;
   } else if (proto.dtype() == "f32") {
     layout.dtype = KvDtype::kF32;
+  } else if (proto.dtype() == "bf16") {
+    layout.dtype = KvDtype::kBF16;
   } else {
     return absl::InvalidArgumentError(Cat("KV layout dtype '", proto.dtype(), "' is unknown"));
   }

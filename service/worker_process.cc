@@ -11,7 +11,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
-#include "engine/engine_flags.h"
+#include "engine/backends/engine_flags.h"
 #include "service/convert.h"
 #include "service/http_server.h"
 #include "service/worker_registration.h"
@@ -32,6 +32,9 @@ std::vector<FlagSpec> WorkerFlagSpecs() {
                           "--tls-key and --tls-ca)"},
       {"tls-key", false, "PEM private key of --tls-cert"},
       {"tls-ca", false, "PEM CA that signed the router's and the other workers' certificates"},
+      {"kv-transport", false,
+       "prefill: tcp (default), cuda_ipc (decode on the same node) or nccl (another GPU); "
+       "decode workers accept each one they can open"},
       {"help", true, "this text"},
   });
   return specs;
@@ -67,6 +70,7 @@ absl::StatusOr<WorkerFlags> WorkerFlagsFromArgs(const Args& args) {
   }
   ASSIGN_OR_RETURN(flags.tls, LoadTlsFiles(tls));
   flags.tls_files = tls;
+  ASSIGN_OR_RETURN(flags.kv_transport, ParseTransportKind(args.GetString("kv-transport", "tcp")));
   return flags;
 }
 
@@ -135,13 +139,14 @@ HttpHandler MetricsHandler(const metrics::Registry& registry) {
 }
 
 v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& address,
-                                        const Engine& engine, const KvLayout& layout) {
+                                        const Engine& engine, const KvLayout& layout,
+                                        const std::vector<TransportKind>& transports) {
   v1::RegisterRequest request;
   request.set_role(role);
   request.set_address(address);
   request.set_model(engine.config().name);
   *request.mutable_kv_layout() = KvLayoutToProto(layout);
-  request.add_transports("tcp");
+  for (TransportKind t : transports) request.add_transports(std::string(TransportKindName(t)));
   *request.mutable_load() = WorkerLoadFromStats(engine.stats());
   return request;
 }
@@ -168,6 +173,13 @@ int RunWorkerProcess(
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::FromGguf(flags->model_path, flags->engine);
   if (!engine.ok()) return fail(engine.status(), 1);
+  if (role == v1::WORKER_ROLE_PREFILL) {
+    if (absl::Status s = CheckTransportAvailable(flags->kv_transport,
+                                                 (*engine)->runner().kv_on_device());
+        !s.ok()) {
+      return fail(s, 2);
+    }
+  }
 
   std::unique_ptr<WorkerService> worker = make(std::move(*engine), *flags);
   grpc::ServerBuilder builder;
@@ -178,7 +190,11 @@ int RunWorkerProcess(
   worker->SetAddress(server->address);
   worker->Start();
   WorkerRegistration registration(
-      flags->router, MakeRegisterRequest(role, server->address, worker->engine(), worker->layout()),
+      flags->router,
+      MakeRegisterRequest(role, server->address, worker->engine(), worker->layout(),
+                          role == v1::WORKER_ROLE_PREFILL
+                              ? std::vector<TransportKind>{flags->kv_transport}
+                              : AvailableTransports(worker->engine().runner().kv_on_device())),
       [&worker] { return worker->CurrentLoad(); }, MakeChannelCredentials(flags->tls));
   std::unique_ptr<HttpServer> metrics_server;
   std::string metrics_address = "off";
@@ -199,7 +215,8 @@ int RunWorkerProcess(
   registration.Start();
   // NOTE: tests and scripts parse "metrics on http(s)://HOST:PORT/metrics".
   LOG(INFO) << name << ": serving on " << server->address << ", metrics on " << metrics_address
-            << ", " << worker->engine().kv_cache().num_total_blocks() << " KV blocks, router "
+            << ", " << worker->engine().options().device << ", "
+            << worker->engine().kv_cache().num_total_blocks() << " KV blocks, router "
             << flags->router;
 
   const int signal = WaitForShutdownSignal();

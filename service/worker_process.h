@@ -12,6 +12,7 @@
 #include "common/args.h"
 #include "engine/engine.h"
 #include "grpcpp/grpcpp.h"
+#include "kvtransfer/data_path.h"
 #include "kvtransfer/kv_layout.h"
 #include "service/http_server.h"
 #include "service/metrics.h"
@@ -32,6 +33,9 @@ struct WorkerFlags {
   int metrics_port = 0;
   std::string metrics_host;  // default: host
   EngineOptions engine;
+  // Prefill workers: the KV transport they open channels with (kvtransfer/data_path.h).
+  // Decode workers accept every transport they can open.
+  TransportKind kv_transport = TransportKind::kTcp;
   // --tls-cert, --tls-key and --tls-ca (all three or none), loaded: mutual TLS on the
   // worker's server (clients must present a certificate the CA signed), on its registration
   // with the router and on the KV channels it opens. Empty: plaintext.
@@ -87,9 +91,11 @@ int RunWorkerProcess(
 // other path, 405 for other methods. `registry` must outlive the server.
 HttpHandler MetricsHandler(const metrics::Registry& registry);
 
-// The registration request every worker sends.
+// The registration request every worker sends. `transports`: the KV transports it opens
+// (prefill: one) or accepts (decode).
 v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& address,
-                                        const Engine& engine, const KvLayout& layout);
+                                        const Engine& engine, const KvLayout& layout,
+                                        const std::vector<TransportKind>& transports);
 
 }  // namespace tandem
 

@@ -157,6 +157,11 @@ absl::Status CudaModelRunner::Allocate(bool tied) {
   const int64_t ffn = c.ffn_dim;
   RUNNER_CUDA_OK(cudaSetDevice(options_.device));
   RUNNER_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  RUNNER_CUDA_OK(cudaStreamCreateWithFlags(&kv_stream_, cudaStreamNonBlocking));
+  layer_events_.assign(c.n_layers, nullptr);
+  for (cudaEvent_t& e : layer_events_) {
+    RUNNER_CUDA_OK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
   ASSIGN_OR_RETURN(gemm_, cuda::CublasGemm::Create());
 
   // Plan the weight arena.
@@ -317,9 +322,15 @@ absl::Status CudaModelRunner::FillSynthetic(uint64_t seed) {
 
 CudaModelRunner::~CudaModelRunner() {
   if (cudaSetDevice(options_.device) != cudaSuccess) return;  // nothing can be freed
-  if (stream_ != nullptr) {
-    const cudaError_t e = cudaStreamSynchronize(stream_);
+  for (cudaStream_t s : {stream_, kv_stream_}) {
+    if (s == nullptr) continue;
+    const cudaError_t e = cudaStreamSynchronize(s);
     if (e != cudaSuccess) LOG(WARNING) << "cudaStreamSynchronize: " << cudaGetErrorName(e);
+  }
+  for (cudaEvent_t ev : layer_events_) {
+    if (ev == nullptr) continue;
+    const cudaError_t e = cudaEventDestroy(ev);
+    if (e != cudaSuccess) LOG(WARNING) << "cudaEventDestroy: " << cudaGetErrorName(e);
   }
   for (DecodeGraph& g : graphs_) {
     if (g.exec != nullptr) {
@@ -332,6 +343,7 @@ CudaModelRunner::~CudaModelRunner() {
     }
   }
   gemm_.reset();
+  absl::MutexLock kv_lock(&kv_mu_);
   for (void* p : {weight_arena_, kv_arena_, scratch_, meta_dev_, kv_ids_dev_}) {
     if (p == nullptr) continue;
     const cudaError_t e = cudaFree(p);
@@ -342,8 +354,9 @@ CudaModelRunner::~CudaModelRunner() {
     const cudaError_t e = cudaFreeHost(p);
     if (e != cudaSuccess) LOG(WARNING) << "cudaFreeHost: " << cudaGetErrorName(e);
   }
-  if (stream_ != nullptr) {
-    const cudaError_t e = cudaStreamDestroy(stream_);
+  for (cudaStream_t s : {stream_, kv_stream_}) {
+    if (s == nullptr) continue;
+    const cudaError_t e = cudaStreamDestroy(s);
     if (e != cudaSuccess) LOG(WARNING) << "cudaStreamDestroy: " << cudaGetErrorName(e);
   }
 }
@@ -811,6 +824,13 @@ absl::Status CudaModelRunner::Enqueue(char* md, const MetaLayout& meta, char* sd
                                qkv_dim_, c.rope_theta, rope, st));
     RETURN_IF_ERROR(cuda::WritePagedKv(qkv + q_dim_, qkv + q_dim_ + kv_dim_, d_slots, n_tokens,
                                        qkv_dim_, L.kv, st));
+    if (copy_io) {
+      // The layer's KV is written once this event completes: a ReadKvLayer from another
+      // thread waits for it on the device, so the layer may be reported now.
+      RUNNER_CUDA_OK(cudaEventRecord(layer_events_[l], st));
+      NotifyLayerDone(l);
+      ++layers_notified_;
+    }
     if (n_dec > 0) {
       // The decode kernel reads dense queries: gather the Q part of the first n_dec rows.
       RUNNER_CUDA_OK(cudaMemcpy2DAsync(q_dec, q_dim_ * sizeof(bf16), qkv, qkv_dim_ * sizeof(bf16),
@@ -900,7 +920,11 @@ absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> b
   RETURN_IF_ERROR(ValidateKvAccess(config_, layer, blocks, options_.num_kv_blocks));
   if (blocks.empty()) return absl::OkStatus();
   if (packed == nullptr) return absl::InvalidArgumentError("null KV buffer");
+  absl::MutexLock lock(&kv_mu_);
   RUNNER_CUDA_OK(cudaSetDevice(options_.device));
+  cudaStream_t st = kv_stream_;
+  // A read starts after the layer's last recorded write (a step may still be computing it).
+  if (to_packed) RUNNER_CUDA_OK(cudaStreamWaitEvent(st, layer_events_[layer], 0));
   const size_t block_bytes = static_cast<size_t>(options_.block_size) * kv_dim_ * sizeof(bf16);
   const size_t half = blocks.size() * block_bytes;  // K of every block, then V
   const cuda::PagedKvCache& kv = layers_[layer].kv;
@@ -913,12 +937,12 @@ absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> b
     std::memcpy(kv_ids_host_, blocks.data(), n_blocks * 4);
     const absl::Status enqueued = [&]() -> absl::Status {
       RUNNER_CUDA_OK(cudaMemcpyAsync(kv_ids_dev_, kv_ids_host_, n_blocks * 4,
-                                     cudaMemcpyHostToDevice, stream_));
+                                     cudaMemcpyHostToDevice, st));
       return cuda::CopyKvBlocks(kv.k, kv.v, static_cast<const int32_t*>(kv_ids_dev_),
                                 static_cast<int64_t>(n_blocks), static_cast<int64_t>(block_bytes),
-                                packed, to_packed, stream_);
+                                packed, to_packed, st);
     }();
-    const cudaError_t synced = cudaStreamSynchronize(stream_);
+    const cudaError_t synced = cudaStreamSynchronize(st);
     RETURN_IF_ERROR(enqueued);
     if (synced != cudaSuccess) return CudaError(synced, "KV layer copy kernel (sync)");
     ++kv_kernel_copies_;
@@ -935,24 +959,43 @@ absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> b
         char* c_at = cache + static_cast<size_t>(blocks[i]) * block_bytes;
         char* b_at = buf + i * block_bytes;
         RUNNER_CUDA_OK(cudaMemcpyAsync(to_packed ? b_at : c_at, to_packed ? c_at : b_at,
-                                       n * block_bytes, cudaMemcpyDefault, stream_));
+                                       n * block_bytes, cudaMemcpyDefault, st));
         i += n;
       }
     }
     return absl::OkStatus();
   }();
-  const cudaError_t synced = cudaStreamSynchronize(stream_);
+  const cudaError_t synced = cudaStreamSynchronize(st);
   RETURN_IF_ERROR(enqueued);
   if (synced != cudaSuccess) return CudaError(synced, "KV layer copy (cudaStreamSynchronize)");
   ++kv_memcpy_copies_;
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaModelRunner(
-    const ModelWeights& weights, const CudaModelRunnerOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaModelRunner> runner,
-                   CudaModelRunner::Create(weights, options));
-  return std::unique_ptr<ModelRunner>(std::move(runner));
+RunnerBackend CudaRunnerBackend() {
+  RunnerBackend backend;
+  backend.name = "cuda";
+  backend.kv_dtypes = {KvDtype::kBF16};
+  backend.make = [](const ModelWeights& weights,
+                    const RunnerOptions& options) -> absl::StatusOr<std::unique_ptr<ModelRunner>> {
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || options.device_index >= count) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no CUDA device ", options.device_index, ": ",
+          e != cudaSuccess ? absl::StrCat("cudaGetDeviceCount: ", cudaGetErrorName(e), " (",
+                                          cudaGetErrorString(e), ")")
+                           : absl::StrCat("this machine has ", count)));
+    }
+    CudaModelRunnerOptions cuda_options;
+    cuda_options.device = options.device_index;
+    cuda_options.num_kv_blocks = options.num_kv_blocks;
+    cuda_options.block_size = options.block_size;
+    ASSIGN_OR_RETURN(std::unique_ptr<CudaModelRunner> runner,
+                     CudaModelRunner::Create(weights, cuda_options));
+    return std::unique_ptr<ModelRunner>(std::move(runner));
+  };
+  return backend;
 }
 
 }  // namespace tandem

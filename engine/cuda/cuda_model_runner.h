@@ -14,17 +14,21 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
 #include "engine/model_runner.h"
 #include "engine/model_weights.h"
+#include "engine/runner_registry.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace tandem {
@@ -52,8 +56,17 @@ struct CudaModelRunnerOptions {
   bool kv_copy_kernel = true;
 };
 
-// Not thread-safe: one thread (the engine thread) calls Forward; it may differ from the
-// constructing thread (Forward selects the device itself).
+// One thread (the engine thread) calls Forward; it may differ from the constructing thread
+// (Forward selects the device itself). ReadKvLayer and WriteKvLayer may be called from other
+// threads, also while Forward runs: they run on their own stream under their own lock, on
+// blocks the running step does not write (the engine's contract for held and reserved
+// blocks).
+//
+// Layers as they land: the eager path records an event after each layer's KV write and
+// reports the layer (NotifyLayerDone) as soon as that layer is enqueued; a later
+// ReadKvLayer of the layer waits for the event on the device, so a prefill worker's transfer
+// thread streams layer l while layer l + 1 computes. Decode steps run as graphs report
+// nothing (the engine reports the layers after Forward returns).
 class CudaModelRunner : public ModelRunner {
  public:
   // Uploads the weights; `weights` may be freed afterwards. FAILED_PRECONDITION for a model
@@ -84,11 +97,13 @@ class CudaModelRunner : public ModelRunner {
   // Only [n_logits] int32 cross to the host instead of [n_logits, vocab] fp32.
   absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs, std::vector<int32_t>* tokens);
 
-  // KV access (see ModelRunner): `dst`/`src` are device memory (pinned host memory works
-  // too: cudaMemcpyDefault). Device buffers go through one gather/scatter kernel
+  // KV access (see ModelRunner): `dst`/`src` are device memory (host memory works too:
+  // cudaMemcpyDefault). Device buffers go through one gather/scatter kernel
   // (kv_copy_kernel); otherwise runs of consecutive block ids are copied as one piece. The
-  // copies are enqueued on the runner's stream and synchronized before returning.
+  // copies run on the KV stream (after the layer's last recorded write, for a read) and are
+  // synchronized before returning. Thread-safe (see the class comment).
   bool kv_on_device() const override { return true; }
+  KvDtype kv_dtype() const override { return KvDtype::kBF16; }
   int64_t KvLayerBytes(int64_t num_blocks) const override;
   absl::Status ReadKvLayer(int layer, absl::Span<const int32_t> blocks, void* dst) override;
   absl::Status WriteKvLayer(int layer, absl::Span<const int32_t> blocks, const void* src) override;
@@ -109,12 +124,15 @@ class CudaModelRunner : public ModelRunner {
   // Turns the KV copy kernel on or off for later ReadKvLayer/WriteKvLayer calls.
   void set_kv_copy_kernel(bool on) { options_.kv_copy_kernel = on; }
   // KV layer copies done by the gather/scatter kernel and by cudaMemcpyAsync runs.
-  int64_t kv_kernel_copies() const { return kv_kernel_copies_; }
-  int64_t kv_memcpy_copies() const { return kv_memcpy_copies_; }
+  int64_t kv_kernel_copies() const { return kv_kernel_copies_.load(); }
+  int64_t kv_memcpy_copies() const { return kv_memcpy_copies_.load(); }
+  // Layers reported through NotifyLayerDone while Forward ran (eager steps only).
+  int64_t layers_notified() const { return layers_notified_; }
 
-  // The stream every Forward and KV copy runs on (idle between calls).
+  // The stream every Forward runs on (idle between calls), and the one KV copies run on.
   cudaStream_t stream() const { return stream_; }
-  int device() const { return options_.device; }
+  cudaStream_t kv_stream() const { return kv_stream_; }
+  int device() const override { return options_.device; }
 
  private:
   using bf16 = cuda::bf16;
@@ -243,22 +261,29 @@ class CudaModelRunner : public ModelRunner {
   std::vector<DecodeGraph> graphs_;
   GraphStats graph_stats_;
   bool graph_capture_failed_ = false;
-  // KV copy kernel: block ids staged in pinned memory, copied to the device.
-  void* kv_ids_host_ = nullptr;
-  size_t kv_ids_host_capacity_ = 0;
-  void* kv_ids_dev_ = nullptr;
-  size_t kv_ids_dev_capacity_ = 0;
-  int64_t kv_kernel_copies_ = 0;
-  int64_t kv_memcpy_copies_ = 0;
+  // KV copies (ReadKvLayer / WriteKvLayer), on their own stream under kv_mu_: block ids
+  // staged in pinned memory, copied to the device for the copy kernel.
+  absl::Mutex kv_mu_;
+  cudaStream_t kv_stream_ = nullptr;
+  void* kv_ids_host_ ABSL_GUARDED_BY(kv_mu_) = nullptr;
+  size_t kv_ids_host_capacity_ ABSL_GUARDED_BY(kv_mu_) = 0;
+  void* kv_ids_dev_ ABSL_GUARDED_BY(kv_mu_) = nullptr;
+  size_t kv_ids_dev_capacity_ ABSL_GUARDED_BY(kv_mu_) = 0;
+  std::atomic<int64_t> kv_kernel_copies_{0};
+  std::atomic<int64_t> kv_memcpy_copies_{0};
+  // [n_layers]: recorded on stream_ after the layer's KV write of each eager step.
+  std::vector<cudaEvent_t> layer_events_;
+  int64_t layers_notified_ = 0;
 
   // Host-side step bookkeeping.
   std::vector<int> order_;         // internal sequence order: 1-token (decode) ones first
   std::vector<int64_t> last_row_;  // [n_seqs] internal token row of each sequence's last token
 };
 
-// The factory the engine uses for `device = "cuda"`.
-absl::StatusOr<std::unique_ptr<ModelRunner>> MakeCudaModelRunner(
-    const ModelWeights& weights, const CudaModelRunnerOptions& options);
+// The "cuda" entry of the engine's backend table (engine/runner_registry.h): a
+// CudaModelRunner on device `RunnerOptions::device_index` with bf16 KV.
+// FAILED_PRECONDITION when the machine has no such CUDA device.
+RunnerBackend CudaRunnerBackend();
 
 }  // namespace tandem
 

@@ -169,7 +169,7 @@ void AttendItem(const AttentionSeq& seq, int q_begin, int q_end, int kv_head,
 
   const int last_pos = seq.start_pos + q_end - 1;  // the last key any row may see
   const int n_keys_total = last_pos + 1;
-  const int64_t elem_bytes = layer.dtype == KvDtype::kF16 ? 2 : 4;
+  const int64_t elem_bytes = KvDtypeBytes(layer.dtype);
   // Few rows (decode): read fp16 K and V in place. Converting a span to fp32 first pays off
   // only when many rows reuse it. Both give the same numbers: the conversion is exact.
   const bool direct = layer.dtype == KvDtype::kF16 && bs % 8 == 0 && rows <= kDirectMaxRows;

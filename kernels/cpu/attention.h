@@ -9,7 +9,18 @@
 
 namespace tandem {
 
-enum class KvDtype { kF16, kF32 };
+// The KV cache's element type. The CPU runner keeps f16 or f32; the CUDA runner bf16.
+enum class KvDtype { kF16, kF32, kBF16 };
+inline int KvDtypeBytes(KvDtype dtype) { return dtype == KvDtype::kF32 ? 4 : 2; }
+// "f16", "f32", "bf16": the names on the wire (KvLayoutProto.dtype) and in messages.
+inline const char* KvDtypeName(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kF16: return "f16";
+    case KvDtype::kF32: return "f32";
+    case KvDtype::kBF16: return "bf16";
+  }
+  return "unknown";
+}
 
 // One layer of the paged cache. k and v each hold [num_blocks, block_size, n_kv_heads,
 // head_dim] elements of `dtype`; token slot s lives in block s / block_size at row

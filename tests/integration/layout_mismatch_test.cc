@@ -1,6 +1,9 @@
 // KV layouts must match end to end: the router refuses a worker whose model differs from its
 // own (FAILED_PRECONDITION), and a decode worker refuses a KV channel whose layout differs
 // from its cache, naming the field.
+#include <sys/wait.h>
+
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -9,9 +12,12 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/gguf_file.h"
 #include "engine/model_config.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvtransfer/kv_layout.h"
 #include "service/grpc_status.h"
@@ -43,7 +49,7 @@ KvLayoutProto ToProto(const KvLayout& layout) {
   p.set_n_kv_heads(layout.n_kv_heads);
   p.set_head_dim(layout.head_dim);
   p.set_block_size(layout.block_size);
-  p.set_dtype(layout.dtype == KvDtype::kF16 ? "f16" : "f32");
+  p.set_dtype(KvDtypeName(layout.dtype));
   p.set_fingerprint(layout.Fingerprint());
   return p;
 }
@@ -140,14 +146,15 @@ struct OpenResult {
   grpc::Status status;
 };
 
-OpenResult OpenChannel(Cluster& cluster, const std::string& address, const KvLayoutProto& layout) {
+OpenResult OpenChannel(Cluster& cluster, const std::string& address, const KvLayoutProto& layout,
+                       const std::string& transport = "tcp") {
   auto stub = tandem::v1::KvChannel::NewStub(cluster.ChannelTo(address));
   grpc::ClientContext context;
   SetDeadline(context, absl::Seconds(10));
   auto stream = stub->Transfer(&context);
   KvFromPrefill open;
   *open.mutable_open()->mutable_layout() = layout;
-  open.mutable_open()->set_transport("tcp");
+  open.mutable_open()->set_transport(transport);
   OpenResult result;
   if (stream->Write(open)) result.replied = stream->Read(&result.reply);
   if (result.replied) {
@@ -208,10 +215,76 @@ TEST(LayoutMismatchTest, KvChannelRefusesAMismatchedOpenNamingTheField) {
         << r.status.error_message();
   }
 
+  // A transport the worker cannot open (a CPU worker has no device memory to move) is
+  // UNIMPLEMENTED naming what it offers; an unknown one is INVALID_ARGUMENT.
+  for (const char* transport : {"cuda_ipc", "nccl"}) {
+    SCOPED_TRACE(transport);
+    OpenResult r = OpenChannel(cluster, decode_address, ToProto(layout), transport);
+    EXPECT_FALSE(r.replied) << "accepted: " << r.reply.ShortDebugString();
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+        << StatusCodeName(r.status.error_code()) << ": " << r.status.error_message();
+    EXPECT_NE(r.status.error_message().find("it offers: tcp"), std::string::npos)
+        << r.status.error_message();
+  }
+  {
+    OpenResult r = OpenChannel(cluster, decode_address, ToProto(layout), "pigeon");
+    EXPECT_FALSE(r.replied);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << StatusCodeName(r.status.error_code()) << ": " << r.status.error_message();
+  }
+
   // The refusals left the decode worker serving.
   ASSERT_OK(cluster.AddPrefill().status());
   GenerateResult r = cluster.Generate(GreedyPrompt("Hello", 4));
   EXPECT_TRUE(r.ok()) << r.Describe();
+}
+
+// A worker asked for what it cannot run refuses to start, saying why: --device cuda on a
+// machine without a GPU (or a build without CUDA), a prefill --kv-transport that moves
+// device memory from a CPU engine, and a transport name nobody knows.
+TEST(LayoutMismatchTest, WorkersRefuseDevicesAndTransportsTheyCannotOpen) {
+  const std::string dir = MakeTestDir();
+  struct Case {
+    const char* binary;
+    std::vector<std::string> flags;
+    std::vector<int> exit_codes;    // 2: refused at the flags; 1: when the engine loads
+    std::vector<std::string> says;  // any of these
+  };
+  // Without CUDA in the build "cuda" is refused with the flags (2); with it, when the engine
+  // finds no device (1).
+  const std::vector<Case> cases = {
+      {"tandem-decode", {"--device", "cuda"}, {1, 2}, {"no CUDA device 0", "no 'cuda' backend"}},
+      {"tandem-prefill", {"--device", "cuda:3"}, {1, 2}, {"no CUDA device 3", "no 'cuda' backend"}},
+      {"tandem-prefill", {"--kv-transport", "cuda_ipc"}, {2}, {"it offers: tcp"}},
+      {"tandem-prefill", {"--kv-transport", "nccl"}, {2}, {"it offers: tcp"}},
+      {"tandem-prefill", {"--kv-transport", "pigeon"}, {2}, {"expected tcp, cuda_ipc or nccl"}},
+      {"tandem-decode", {"--device", "gpu"}, {2}, {"no 'gpu' backend"}},
+      {"tandem-decode", {"--device", "cuda", "--kv-f32"}, {2},
+       {"--kv-f32 and --exact are for the cpu", "no 'cuda' backend"}},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrCat(c.binary, " ", absl::StrJoin(c.flags, " ")));
+    std::vector<std::string> argv = {absl::StrCat(TANDEM_BIN_DIR, "/", c.binary), "--model",
+                                     testing::DefaultModelPath(), "--router", "127.0.0.1:1",
+                                     "--threads", "1"};
+    argv.insert(argv.end(), c.flags.begin(), c.flags.end());
+    ASSERT_OK_AND_ASSIGN(auto process,
+                         Process::Spawn(c.binary, argv, absl::StrCat(dir, "/refused-", i++, ".log")));
+    absl::StatusOr<int> status = process->Wait(absl::Seconds(30));
+    if (!status.ok() && absl::StrContains(process->Log(), "serving on")) {
+      // Only a machine with that GPU gets here (the flags were valid for it).
+      EXPECT_EQ(c.flags[0], "--device") << process->LogTail();
+      continue;
+    }
+    ASSERT_TRUE(status.ok()) << "still running:\n" << process->LogTail();
+    ASSERT_TRUE(WIFEXITED(*status)) << process->LogTail();
+    EXPECT_THAT(c.exit_codes, ::testing::Contains(WEXITSTATUS(*status))) << process->LogTail();
+    const std::string log = process->Log();
+    EXPECT_TRUE(std::any_of(c.says.begin(), c.says.end(),
+                            [&](const std::string& s) { return absl::StrContains(log, s); }))
+        << process->LogTail();
+  }
 }
 
 }  // namespace

@@ -203,3 +203,47 @@ TEST(PlacementTest, ParsesPolicies) {
 
 }  // namespace
 }  // namespace tandem::router
+
+namespace tandem::router {
+namespace {
+
+// A prefill worker opens one KV transport; only a decode worker that accepts it can take
+// its KV, so placement pairs them by transport (empty lists: unknown, anything goes).
+TEST(PlacementTest, PrefillMustOpenATransportTheDecodeAccepts) {
+  for (PrefillPolicy policy :
+       {PrefillPolicy::kLeastLoaded, PrefillPolicy::kAffinity, PrefillPolicy::kRoundRobin}) {
+    SCOPED_TRACE(PrefillPolicyName(policy));
+    Placement placement(PlacementOptions{.prefill_policy = policy});
+    std::vector<WorkerView> workers = {Prefill("prefill-1", 0), Prefill("prefill-2", 500),
+                                       Prefill("prefill-3", 900)};
+    workers[0].transports = {"nccl"};
+    workers[1].transports = {"cuda_ipc"};
+    workers[2].transports = {"tcp"};
+    const std::vector<std::string> ipc_decode = {"tcp", "cuda_ipc"};
+    const std::vector<std::string> cpu_decode = {"tcp"};
+    const std::vector<std::string> nccl_decode = {"tcp", "cuda_ipc", "nccl"};
+    for (int i = 0; i < 3; ++i) {
+      std::optional<WorkerView> p = placement.ChoosePrefill(workers, Tokens(40), {}, cpu_decode);
+      ASSERT_TRUE(p.has_value());
+      EXPECT_EQ(p->id, "prefill-3");
+      p = placement.ChoosePrefill(workers, Tokens(40, 7), {}, ipc_decode);
+      ASSERT_TRUE(p.has_value());
+      EXPECT_NE(p->id, "prefill-1") << "nccl is not offered by this decode worker";
+    }
+    std::optional<WorkerView> p = placement.ChoosePrefill(workers, Tokens(40, 9), {}, nccl_decode);
+    ASSERT_TRUE(p.has_value());
+    if (policy != PrefillPolicy::kRoundRobin) {
+      EXPECT_EQ(p->id, "prefill-1");
+    }
+    // Nobody speaks what the decode worker accepts.
+    const std::vector<std::string> rdma_decode = {"rdma"};
+    EXPECT_FALSE(placement.ChoosePrefill(workers, Tokens(40), {}, rdma_decode).has_value());
+    // Unknown transports on either side: no filter.
+    EXPECT_TRUE(placement.ChoosePrefill(workers, Tokens(40), {}, {}).has_value());
+    workers[2].transports.clear();
+    EXPECT_EQ(placement.ChoosePrefill(workers, Tokens(40), {}, rdma_decode)->id, "prefill-3");
+  }
+}
+
+}  // namespace
+}  // namespace tandem::router

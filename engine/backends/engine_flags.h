@@ -1,7 +1,7 @@
 // The engine's command-line flags, shared by `tandem generate`, `tandem bench engine` and
 // the worker processes, so every engine-backed binary reads --threads (and the rest) alike.
-#ifndef TANDEM_ENGINE_ENGINE_FLAGS_H_
-#define TANDEM_ENGINE_ENGINE_FLAGS_H_
+#ifndef TANDEM_ENGINE_BACKENDS_ENGINE_FLAGS_H_
+#define TANDEM_ENGINE_BACKENDS_ENGINE_FLAGS_H_
 
 #include <string>
 #include <vector>
@@ -12,13 +12,15 @@
 
 namespace tandem {
 
-// --model, --threads, --kv-cache-mb, --max-batch-tokens, --max-num-seqs, --kv-f32,
+// --model, --device, --threads, --kv-cache-mb, --max-batch-tokens, --max-num-seqs, --kv-f32,
 // --no-prefix-cache, --exact.
 std::vector<FlagSpec> EngineFlagSpecs();
+// Also registers the built-in backends (engine/backends/backends.h) and checks that --device
+// names one of them.
 absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args);
 // --model default|PATH, resolved to a file.
 absl::StatusOr<std::string> ModelPathFromArgs(const Args& args);
 
 }  // namespace tandem
 
-#endif  // TANDEM_ENGINE_ENGINE_FLAGS_H_
+#endif  // TANDEM_ENGINE_BACKENDS_ENGINE_FLAGS_H_

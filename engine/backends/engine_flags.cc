@@ -1,13 +1,17 @@
-#include "engine/engine_flags.h"
+#include "engine/backends/engine_flags.h"
 
 #include "common/status_macros.h"
+#include "common/strings.h"
+#include "engine/backends/backends.h"
 #include "engine/model_store.h"
+#include "engine/runner_registry.h"
 
 namespace tandem {
 
 std::vector<FlagSpec> EngineFlagSpecs() {
   return {
       {"model", false, "'default' (SmolLM2-135M-Instruct Q4_1) or a GGUF path"},
+      {"device", false, "cpu (default), cuda or cuda:N: the backend that runs the model"},
       {"threads", false, "compute threads (default: every core)"},
       {"kv-cache-mb", false, "KV cache memory in MiB (default 512)"},
       {"max-batch-tokens", false, "tokens per engine step (default 512)"},
@@ -39,6 +43,15 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   options.kv_dtype = args.Has("kv-f32") ? KvDtype::kF32 : KvDtype::kF16;
   options.enable_prefix_caching = !args.Has("no-prefix-cache");
   options.exact_matmul = args.Has("exact");
+  RegisterBuiltinBackends();
+  options.device = args.GetString("device", "cpu");
+  ASSIGN_OR_RETURN(const DeviceSpec device, ParseDevice(options.device));
+  RETURN_IF_ERROR(FindRunnerBackend(device.backend).status());
+  if (device.backend != "cpu" && (options.kv_dtype == KvDtype::kF32 || options.exact_matmul)) {
+    return absl::InvalidArgumentError(
+        Cat("--kv-f32 and --exact are for the cpu backend; ", device.backend,
+            " keeps bf16 weights and KV"));
+  }
   return options;
 }
 
