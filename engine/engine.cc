@@ -383,7 +383,14 @@ absl::StatusOr<std::vector<RequestOutput>> Engine::Step() {
       layers_reported = layer + 1;
     });
   }
-  absl::Status forward = runner_->Forward(forward_seqs_, &logits_);
+  // Every sampled sequence greedy and a runner that takes the argmax where the logits are:
+  // only the token ids come back.
+  bool greedy = runner_->greedy_on_device();
+  for (const ScheduledSeq& s : sched.seqs) {
+    if (greedy && s.sample && !s.seq->sampler->greedy()) greedy = false;
+  }
+  absl::Status forward = greedy ? runner_->ForwardGreedy(forward_seqs_, &greedy_tokens_)
+                                : runner_->Forward(forward_seqs_, &logits_);
   if (!kv_ready_.empty()) {
     runner_->set_layer_done_callback(nullptr);
     if (forward.ok()) {
@@ -399,8 +406,9 @@ absl::StatusOr<std::vector<RequestOutput>> Engine::Step() {
   for (const ScheduledSeq& s : sched.seqs) {
     if (!s.sample) continue;
     Sequence& seq = *s.seq;
-    const int32_t token = seq.sampler->Sample(
-        absl::MakeConstSpan(logits_).subspan(row * vocab, vocab));
+    const int32_t token =
+        greedy ? greedy_tokens_[row]
+               : seq.sampler->Sample(absl::MakeConstSpan(logits_).subspan(row * vocab, vocab));
     ++row;
     ++stats_.generated_tokens;
     RequestOutput out;

@@ -172,6 +172,7 @@ class Engine {
   KvLayerHook kv_layer_hook_;
   std::vector<KvLayerReady> kv_ready_;  // this step's hold_kv requests completing their prompt
   std::vector<float> logits_;  // [n_sampled, vocab]
+  std::vector<int32_t> greedy_tokens_;  // [n_sampled] when the runner sampled greedily
   std::vector<ForwardSeq> forward_seqs_;
   EngineStats stats_;
 };

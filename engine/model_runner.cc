@@ -1,6 +1,8 @@
 #include "engine/model_runner.h"
 
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "engine/sampler.h"
 
 namespace tandem {
 namespace {
@@ -51,6 +53,19 @@ absl::Status ValidateKvAccess(const ModelConfig& config, int layer,
         absl::StrFormat("layer %d outside [0, %d)", layer, config.n_layers));
   }
   return CheckBlockIds(blocks, num_kv_blocks);
+}
+
+absl::Status ModelRunner::ForwardGreedy(absl::Span<const ForwardSeq> seqs,
+                                        std::vector<int32_t>* tokens) {
+  std::vector<float> logits;
+  RETURN_IF_ERROR(Forward(seqs, &logits));
+  const int64_t vocab = config().vocab_size;
+  const int64_t rows = vocab > 0 ? static_cast<int64_t>(logits.size()) / vocab : 0;
+  tokens->resize(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    (*tokens)[r] = ArgMax(absl::MakeConstSpan(logits).subspan(r * vocab, vocab));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tandem

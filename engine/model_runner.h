@@ -38,6 +38,16 @@ class ModelRunner {
   // `logits` ([n_logits, vocab_size]). Writes the fed tokens' KV into the cache.
   virtual absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) = 0;
 
+  // Forward with greedy sampling: `tokens` gets ArgMax (engine/sampler.h: the lowest id
+  // among the largest logits, NaN ignored) of every sequence with compute_logits, in order.
+  // The default runs Forward and ArgMax on the host. A runner that computes the argmax where
+  // the logits are (the CUDA runner: [n] ids cross to the host instead of [n, vocab] fp32)
+  // overrides it and answers true to greedy_on_device(), and the engine then uses it for
+  // every step whose sampled sequences are all greedy.
+  virtual absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs,
+                                     std::vector<int32_t>* tokens);
+  virtual bool greedy_on_device() const { return false; }
+
   // KV access for moving a sequence's cache between workers, one layer at a time. A packed
   // layer holds K of `blocks`, then V of `blocks`, each [blocks.size(), block_size,
   // n_kv_heads, head_dim] in the runner's KV dtype: KvLayerBytes(blocks.size()) bytes.

@@ -230,6 +230,8 @@ int32_t ArgMax(absl::Span<const float> logits) {
   return 0;  // every logit is NaN
 }
 
+bool Sampler::greedy() const { return params_.temperature < kMinTemperature || params_.top_k == 1; }
+
 void Sampler::SkipSample() {
   if (params_.temperature < kMinTemperature || params_.top_k == 1) return;
   rng_();

@@ -46,6 +46,8 @@ class Sampler {
   void SkipSample();
 
   const SamplingParams& params() const { return params_; }
+  // Sample() is ArgMax (no random draw).
+  bool greedy() const;
 
  private:
   // Uniform double in [0, 1) from 53 random bits: the same on every standard library.

@@ -95,7 +95,9 @@ class CudaModelRunner : public ModelRunner {
   // Forward with greedy sampling on the device: `tokens` gets the argmax (first on ties, as
   // std::max_element over Forward's logits) of every sequence with compute_logits, in order.
   // Only [n_logits] int32 cross to the host instead of [n_logits, vocab] fp32.
-  absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs, std::vector<int32_t>* tokens);
+  absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs,
+                             std::vector<int32_t>* tokens) override;
+  bool greedy_on_device() const override { return true; }
 
   // KV access (see ModelRunner): `dst`/`src` are device memory (host memory works too:
   // cudaMemcpyDefault). Device buffers go through one gather/scatter kernel

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs ON the GPU machine, from the repository root, with a bundle made here by
-# tests/gpu/prepare_bundle.sh:   tests/gpu/device_check.sh BUNDLE_DIR
-# Runs every BUNDLE_DIR/bin/*_test, then kernels_bench and cuda_decode_bench when the bundle
-# holds them; full logs go to $OUT/gpu-logs (or a temporary folder); a compact summary table
+# tests/gpu/prepare_bundle.sh:   tests/gpu/device_check.sh BUNDLE_DIR|BUNDLE.tar.xz
+# Runs every BUNDLE_DIR/bin/*_test (but disagg_equality_test, which is the cluster check's),
+# then kernels_bench and cuda_decode_bench when the bundle holds them, then
+# tests/gpu/cluster_check.sh when it holds the router and workers (CLUSTER=1 bundles); full
+# logs go to $OUT/gpu-logs (or a temporary folder); a compact summary table
 # is printed last. Exit status: 1 if any test failed (or could not start), 2 if only a
 # benchmark failed, 0 otherwise.
 set -uo pipefail
@@ -29,7 +31,13 @@ if [[ ${1:-} == --stash-model ]]; then
   exit 0
 fi
 [[ $# -ge 1 ]] || { echo "usage: $0 BUNDLE_DIR | --stash-model" >&2; exit 2; }
-bundle=$(cd "$1" && pwd) || exit 2
+bundle=$1
+if [[ $bundle == *.tar.xz ]]; then  # prepare_bundle.sh's archive: unpack it once
+  unpacked=/tmp/tandem-bundle
+  rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xJf "$bundle" -C "$unpacked" || exit 2
+  bundle=$(find "$unpacked" -mindepth 1 -maxdepth 1 -type d | head -1)
+fi
+bundle=$(cd "$bundle" && pwd) || exit 2
 logs=${OUT:-$(mktemp -d)}/gpu-logs
 mkdir -p "$logs"
 t_start=$SECONDS
@@ -86,6 +94,7 @@ missing=$(for exe in "$bundle"/bin/*; do ldd "$exe" 2>/dev/null | grep 'not foun
 for exe in "$bundle"/bin/*_test; do
   [[ -x $exe ]] || continue
   name=${exe##*/}
+  [[ $name == disagg_equality_test ]] && continue  # cluster_check.sh runs it on the GPU
   t0=$SECONDS
   # Each test takes seconds; the limit only stops a hang from eating the device budget.
   timeout 90 "$exe" --gtest_brief=1 >"$logs/$name.log" 2>&1
@@ -121,6 +130,15 @@ if [[ -x $bundle/bin/cuda_decode_bench ]]; then
   echo "cuda_decode_bench rc=$rc" >>"$logs/cuda_decode_bench.log"
 fi
 
+# The serving stack on the GPU: disaggregated equality and the 2k-token TTFT.
+cluster_rc=0
+if [[ -x $bundle/bin/tandem-router ]]; then
+  "$(dirname "${BASH_SOURCE[0]}")/cluster_check.sh" "$bundle" "$logs/cluster" >"$logs/cluster_check.log" 2>&1
+  cluster_rc=$?
+  ((cluster_rc == 1)) && failed=1
+  ((cluster_rc == 2)) && bench_rc=2
+fi
+
 echo
 echo "================ GPU check summary ($((SECONDS - t_start))s, logs in $logs) ================"
 grep -m1 -E '^GPU 0' "$logs/device.txt"
@@ -141,6 +159,7 @@ if [[ -f $logs/cuda_decode_bench.log ]]; then
   grep -h -E '^\[ decode +\]' "$logs/cuda_decode_bench.log"
   tail -1 "$logs/cuda_decode_bench.log" | grep -q 'rc=0$' || tail -5 "$logs/cuda_decode_bench.log"
 fi
+[[ -f $logs/cluster_check.log ]] && { grep -h -E '^\[ cluster +\]' "$logs/cluster_check.log"; echo "cluster_check rc=$cluster_rc"; }
 echo "benchmarks rc=$bench_rc"
 if [[ -f $logs/kernels_bench.log ]]; then
   sed -n '/^| kernel/,$p' "$logs/kernels_bench.log"

@@ -4,7 +4,9 @@
 # machine. Usage (from anywhere): tests/gpu/prepare_bundle.sh [OUT_DIR]   (default ./gpu-bundle)
 # Env: BUILD_DIR (default ./build-gpu), JOBS (default 2), ONLY (space-separated targets to
 # bundle instead of all, e.g. ONLY="cuda_engine_test cuda_ipc_test nccl_transport_test
-# cuda_decode_bench": the binaries of the second device call, see below).
+# cuda_decode_bench": the binaries of the second device call, see below), CLUSTER=1 (add the
+# router, both workers, the CLI and disagg_equality_test for tests/gpu/cluster_check.sh;
+# they bring gRPC's libraries).
 #
 # NOTE: the default model (SmolLM2-135M Q4_1, 94 MiB, for cuda_engine_test) is more than one
 # device call may carry (64 MiB in all). When it is found ($TANDEM_TEST_MODEL or the cache),
@@ -36,6 +38,9 @@ for src in "$root"/tests/gpu/*_test.cc "$root"/tests/gpu/*_test.cu; do
   targets+=("${name%.*}")
 done
 if [[ -n ${ONLY:-} ]]; then read -r -a targets <<<"$ONLY"; fi
+if [[ ${CLUSTER:-0} == 1 ]]; then
+  targets+=(tandem tandem-router tandem-prefill tandem-decode disagg_equality_test)
+fi
 echo "building: ${targets[*]}"
 cmake --build "$build" --target "${targets[@]}" -j"$jobs"
 
@@ -49,10 +54,14 @@ strip --strip-unneeded "$stage"/bin/*
 /work/shared/device/bundle-libs.sh "$stage" "$out"
 rm -f "$out"/lib/libcublas.so* "$out"/lib/libcublasLt.so*
 
-size_kib=$(du -sk "$out" | cut -f1)
-echo "bundle: $out ($((size_kib / 1024)) MiB): $(ls "$out/bin" | tr '\n' ' ')"
+# The binaries are mostly CUDA fat binaries, which xz shrinks ~4x: carry $out.tar.xz
+# (device_check.sh unpacks it) when the folder is too big beside the model's part b.
+tar -cJf "$out.tar.xz" -C "$(dirname "$out")" "$(basename "$out")"
+size_kib=$(du -sk "$out.tar.xz" | cut -f1)
+echo "bundle: $out ($(du -sm "$out" | cut -f1) MiB; $out.tar.xz $((size_kib / 1024)) MiB):" \
+  "$(ls "$out/bin" | tr '\n' ' ')"
 if ((size_kib >= 64 * 1024)); then
-  echo "ERROR: bundle is over 64 MiB, too big to carry" >&2
+  echo "ERROR: bundle is over 64 MiB even compressed, too big to carry" >&2
   exit 1
 fi
 
@@ -71,11 +80,13 @@ else
 fi
 # What one device call carries: the working tree (tracked and untracked-not-ignored files),
 # plus the carried paths; at most 64 MiB.
-tree_kib=$(cd "$root" && git ls-files -co --exclude-standard -z | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+# Apparent sizes (du -k rounds every small file up to a 4 KiB block).
+tree_kib=$(cd "$root" && git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+tree_kib=$((tree_kib / 1024))
 b_kib=$( [[ -d $parts/b ]] && du -sk "$parts/b" | cut -f1 || echo 0)
 total_kib=$((tree_kib + size_kib + b_kib))
-echo "a call carrying ${out#"$root"/} and build-model-parts/b: tree $((tree_kib / 1024)) MiB + bundle" \
+echo "a call carrying ${out#"$root"/}.tar.xz and build-model-parts/b: tree $((tree_kib / 1024)) MiB + bundle" \
   "$((size_kib / 1024)) MiB + b $((b_kib / 1024)) MiB = $((total_kib / 1024)) MiB of 64" \
   "($(( (64 * 1024 - total_kib) / 1024 )) MiB to spare)"
 ((total_kib >= 64 * 1024)) && echo "WARNING: too big for one call with b: bundle fewer binaries (ONLY=...)" >&2
-echo "on the GPU machine, from the repository root: tests/gpu/device_check.sh ${out#"$root"/}"
+echo "on the GPU machine, from the repository root: tests/gpu/device_check.sh ${out#"$root"/}.tar.xz"

@@ -41,7 +41,11 @@ using tandem::v1::HealthResponse;
 // A safety net so that a hung call fails its test instead of the whole binary's timeout.
 constexpr absl::Duration kSafetyDeadline = absl::Seconds(180);
 
-std::string BinPath(const std::string& name) { return std::string(TANDEM_BIN_DIR) + "/" + name; }
+// $TANDEM_BIN_DIR when set (binaries carried to another machine), else the build's bin/.
+std::string BinPath(const std::string& name) {
+  const char* dir = std::getenv("TANDEM_BIN_DIR");
+  return std::string(dir != nullptr && *dir != '\0' ? dir : TANDEM_BIN_DIR) + "/" + name;
+}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -505,7 +509,10 @@ absl::StatusOr<Worker*> Cluster::AddWorker(const std::string& role, const Worker
                                    "--threads",
                                    "1",
                                    "--kv-cache-mb",
-                                   std::to_string(options_.kv_cache_mb)};
+                                   std::to_string(options_.kv_cache_mb),
+                                   "--device",
+                                   testing::TestDevice()};
+  if (role == "prefill") argv.insert(argv.end(), {"--kv-transport", testing::TestKvTransport()});
   argv.insert(argv.end(), options.flags.begin(), options.flags.end());
   auto process = Process::Spawn(name, std::move(argv), absl::StrCat(dir_, "/", name, ".log"));
   if (!process.ok()) return process.status();

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/backends/backends.h"
 #include "tests/testing/test_env.h"
 
 namespace tandem::integration {
@@ -13,8 +14,10 @@ absl::StatusOr<ReferenceModel*> ReferenceModel::Default() {
   static ReferenceModel* instance = nullptr;
   absl::MutexLock lock(&mu);
   if (instance != nullptr) return instance;
+  RegisterBuiltinBackends();
   EngineOptions options;
   options.num_threads = 1;
+  options.device = testing::TestDevice();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::FromGguf(testing::DefaultModelPath(), options);
   if (!engine.ok()) return engine.status();

@@ -20,4 +20,16 @@ std::string DefaultModelPath() {
   return home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
+namespace {
+
+std::string EnvOr(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+}  // namespace
+
+std::string TestDevice() { return EnvOr("TANDEM_TEST_DEVICE", "cpu"); }
+std::string TestKvTransport() { return EnvOr("TANDEM_TEST_KV_TRANSPORT", "tcp"); }
+
 }  // namespace tandem::testing

@@ -13,6 +13,13 @@ std::string SourceDir();
 // fail (they do not skip) when it is missing: `tandem model pull` fetches it.
 std::string DefaultModelPath();
 
+// Where the integration tests run the model: $TANDEM_TEST_DEVICE ("cpu" when unset; "cuda"
+// on the GPU machine, see tests/gpu/cluster_check.sh). The workers get --device with it and
+// the in-process reference engine uses it too.
+std::string TestDevice();
+// The KV transport prefill workers open: $TANDEM_TEST_KV_TRANSPORT, else tcp.
+std::string TestKvTransport();
+
 }  // namespace tandem::testing
 
 #endif  // TANDEM_TESTS_TESTING_TEST_ENV_H_

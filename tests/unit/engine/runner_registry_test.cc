@@ -144,6 +144,77 @@ TEST(RunnerRegistryTest, RegisteredBackendRunsTheEngine) {
   EXPECT_THAT(refused.status().message(), HasSubstr("does not keep the KV cache in f32"));
 }
 
+// A runner that samples greedily where its logits are (as the CUDA runner does) gets
+// ForwardGreedy for steps whose sampled sequences are all greedy, and Forward otherwise;
+// the tokens are the same either way, greedy or seeded.
+class DeviceGreedyRunner : public CpuModelRunner {
+ public:
+  DeviceGreedyRunner(const ModelWeights& weights, const CpuModelRunnerOptions& options,
+                     int* greedy_steps, int* full_steps)
+      : CpuModelRunner(weights, options), greedy_steps_(greedy_steps), full_steps_(full_steps) {}
+  bool greedy_on_device() const override { return true; }
+  absl::Status ForwardGreedy(absl::Span<const ForwardSeq> seqs,
+                             std::vector<int32_t>* tokens) override {
+    ++*greedy_steps_;
+    return ModelRunner::ForwardGreedy(seqs, tokens);  // Forward + ArgMax on the host
+  }
+  absl::Status Forward(absl::Span<const ForwardSeq> seqs, std::vector<float>* logits) override {
+    ++*full_steps_;
+    return CpuModelRunner::Forward(seqs, logits);
+  }
+
+ private:
+  int* greedy_steps_;
+  int* full_steps_;
+};
+
+TEST(RunnerRegistryTest, GreedyStepsUseTheRunnersArgmax) {
+  int greedy_steps = 0;
+  int full_steps = 0;
+  RunnerBackend backend;
+  backend.name = "greedyfake";
+  backend.kv_dtypes = {KvDtype::kF16};
+  backend.make = [&](const ModelWeights& weights, const RunnerOptions& options)
+      -> absl::StatusOr<std::unique_ptr<ModelRunner>> {
+    CpuModelRunnerOptions cpu;
+    cpu.num_threads = options.num_threads;
+    cpu.num_kv_blocks = options.num_kv_blocks;
+    cpu.block_size = options.block_size;
+    cpu.kv_dtype = options.kv_dtype;
+    return std::make_unique<DeviceGreedyRunner>(weights, cpu, &greedy_steps, &full_steps);
+  };
+  RegisterRunnerBackend(backend);
+
+  auto run = [](const std::string& device, float temperature) {
+    EngineOptions options;
+    options.device = device;
+    options.num_threads = 1;
+    options.num_kv_blocks = 64;
+    auto engine = Engine::Create(ModelWeights::Synthetic(TinyConfig(), GgmlType::kQ8_0, 11),
+                                 nullptr, nullptr, options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    GenerationRequest r;
+    r.prompt_tokens = {9, 8, 7, 6, 5, 4, 3, 2, 1};
+    r.params.max_tokens = 8;
+    r.params.sampling.temperature = temperature;
+    r.params.sampling.seed = 1234;
+    auto result = (*engine)->Generate(r);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result->tokens;
+  };
+  const std::vector<int32_t> greedy_cpu = run("cpu", 0.0f);
+  const std::vector<int32_t> greedy_fake = run("greedyfake", 0.0f);
+  EXPECT_EQ(greedy_fake, greedy_cpu);
+  EXPECT_EQ(greedy_steps, 8) << "one ForwardGreedy per step";
+  EXPECT_EQ(full_steps, 8) << "ForwardGreedy's host default runs Forward";
+  greedy_steps = full_steps = 0;
+  const std::vector<int32_t> seeded_cpu = run("cpu", 0.8f);
+  const std::vector<int32_t> seeded_fake = run("greedyfake", 0.8f);
+  EXPECT_EQ(seeded_fake, seeded_cpu);
+  EXPECT_EQ(greedy_steps, 0) << "a sampled sequence needs the logits";
+  EXPECT_EQ(full_steps, 8);
+}
+
 // "cuda" without the CUDA backend in the build, or without a device on the machine, is a
 // clear error from Engine::Create, never a silent CPU engine.
 TEST(RunnerRegistryTest, CudaWithoutADeviceIsAClearError) {
