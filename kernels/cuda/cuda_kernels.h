@@ -165,6 +165,19 @@ absl::Status Bf16ToF32(const bf16* in, int64_t n, float* out, cudaStream_t strea
 
 enum class GemmOut { kBf16, kF32 };
 
+// The weight-streaming GEMV for decode steps: y[n, out] = beta * y + x[n, in] · w[out, in]ᵀ
+// for n <= kSmallBatchRows, bf16 in, fp32 accumulation, y bf16 or fp32. One warp per output
+// row reads the row once with 16-byte streaming loads (4 in flight per lane) and keeps the n
+// dot products in registers; x (at most 8 rows) is read through the L1. Memory-bound by
+// design: at n = 1 cuBLAS reaches ~68% of copy bandwidth on an H200 (docs/GPU.md), the
+// weight read is the whole cost of a batch-1 decode step. Needs in % 8 == 0 and 16-byte
+// aligned x and w (SmallBatchLinearFits); deterministic (fixed summation order).
+inline constexpr int64_t kSmallBatchRows = 8;
+bool SmallBatchLinearFits(const bf16* x, const bf16* w, int64_t n, int64_t in_features);
+absl::Status SmallBatchLinear(const bf16* x, const bf16* w, int64_t n, int64_t in_features,
+                              int64_t out_features, void* y, GemmOut out_type,
+                              cudaStream_t stream, float beta = 0.0f);
+
 // Owns a cuBLAS handle and its workspace. One per stream-owning thread (cuBLAS handles are
 // not safe to share between threads that enqueue concurrently).
 class CublasGemm {
@@ -176,12 +189,19 @@ class CublasGemm {
 
   // y[n, out_features] = beta * y + x[n, in_features] · w[out_features, in_features]ᵀ,
   // bf16 inputs, fp32 compute; y is bf16 or fp32 per `out_type`, row-major, dense.
+  // Up to kSmallBatchRows rows (decode steps) go to SmallBatchLinear when it can take them
+  // (see small_batch_kernel()); the rest to cublasGemmEx.
   absl::Status Linear(const bf16* x, const bf16* w, int64_t n, int64_t in_features,
                       int64_t out_features, void* y, GemmOut out_type, cudaStream_t stream,
                       float beta = 0.0f);
 
+  // Whether Linear sends small batches to SmallBatchLinear (default on).
+  void set_small_batch_kernel(bool on) { small_batch_kernel_ = on; }
+  bool small_batch_kernel() const { return small_batch_kernel_; }
+
  private:
   CublasGemm() = default;
+  bool small_batch_kernel_ = true;
   void* handle_ = nullptr;     // cublasHandle_t
   void* workspace_ = nullptr;  // device, kWorkspaceBytes
 };

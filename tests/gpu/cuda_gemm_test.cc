@@ -4,7 +4,9 @@
 // so the only sizeable error is the final rounding: bf16 output within 8e-3 relative
 // (2x the half-ulp bound 2^-8), fp32 output within 1e-5 relative; both plus an absolute
 // 1e-4 * sum_k |x_k w_k| for the fp32 summation order (split-K) and cancellation near zero.
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <memory>
 #include <vector>
 
@@ -73,6 +75,111 @@ TEST(CublasGemmTest, LinearMatchesReference) {
       }
     }
   }
+}
+
+// The weight-streaming GEMV of decode steps (SmallBatchLinear, n <= 8), against the same
+// double reference and tolerances, on every batch size, row lengths that leave the unrolled
+// loop a tail (1032 = 129 chunks of 8) or never enter it (64), and row counts that leave the
+// last CTA partly empty (1, 5, 577). Linear must send these shapes to it.
+TEST(SmallBatchLinearTest, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(TestSeed());
+  for (int64_t n = 1; n <= kSmallBatchRows; ++n) {
+    for (const int64_t in : {64, 576, 1032, 4096}) {
+      for (const int64_t out : {1, 5, 577}) {
+        for (const GemmOut out_type : {GemmOut::kBf16, GemmOut::kF32}) {
+          const float beta = (n + in + out) % 2 == 0 ? 1.0f : 0.0f;
+          const auto x = RandomBf16(n * in, rng);
+          const auto w = RandomBf16(out * in, rng, -0.2f, 0.2f);
+          const auto y0 = RandomBf16(n * out, rng);
+          DeviceBuffer<bf16> d_x(x.bits), d_w(w.bits);
+          const bool bf16_out = out_type == GemmOut::kBf16;
+          DeviceBuffer<bf16> d_y16(n * out);
+          DeviceBuffer<float> d_y32(n * out);
+          if (bf16_out) {
+            d_y16.Upload(y0.bits);
+          } else {
+            d_y32.Upload(y0.values);
+          }
+          void* y = bf16_out ? static_cast<void*>(d_y16.get()) : static_cast<void*>(d_y32.get());
+          ASSERT_TRUE(SmallBatchLinearFits(d_x.get(), d_w.get(), n, in));
+          const absl::Status st =
+              SmallBatchLinear(d_x.get(), d_w.get(), n, in, out, y, out_type, nullptr, beta);
+          ASSERT_TRUE(st.ok()) << st;
+          SYNC_OR_FAIL();
+          std::vector<double> ref(n * out), atol(n * out);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t o = 0; o < out; ++o) {
+              double acc = beta * double{y0.values[i * out + o]}, mag = std::abs(acc);
+              for (int64_t k = 0; k < in; ++k) {
+                const double p = double{x.values[i * in + k]} * w.values[o * in + k];
+                acc += p;
+                mag += std::abs(p);
+              }
+              ref[i * out + o] = acc;
+              atol[i * out + o] = 1e-4 * mag + 1e-7;
+            }
+          }
+          const auto got = bf16_out ? DownloadBf16(d_y16) : d_y32.Download();
+          SCOPED_TRACE("n=" + std::to_string(n) + " in=" + std::to_string(in) +
+                       " out=" + std::to_string(out) + (bf16_out ? " bf16" : " f32") +
+                       " beta=" + std::to_string(beta));
+          EXPECT_ALL_CLOSE(got, ref, bf16_out ? 8e-3 : 1e-5, atol);
+        }
+      }
+    }
+  }
+}
+
+// Same inputs through Linear with the small-batch kernel on and off: both within the
+// reference tolerance of each other, and the kernel is deterministic (two runs, same bits).
+TEST(SmallBatchLinearTest, LinearRoutesSmallBatchesAndIsDeterministic) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(TestSeed());
+  auto gemm_or = CublasGemm::Create();
+  ASSERT_TRUE(gemm_or.ok()) << gemm_or.status();
+  CublasGemm& gemm = **gemm_or;
+  const int64_t n = 3, in = 2048, out = 3000;
+  const auto x = RandomBf16(n * in, rng);
+  const auto w = RandomBf16(out * in, rng, -0.2f, 0.2f);
+  DeviceBuffer<bf16> d_x(x.bits), d_w(w.bits);
+  DeviceBuffer<float> a(n * out), b(n * out), c(n * out);
+  ASSERT_TRUE(gemm.small_batch_kernel());
+  ASSERT_TRUE(gemm.Linear(d_x.get(), d_w.get(), n, in, out, a.get(), GemmOut::kF32, nullptr).ok());
+  ASSERT_TRUE(gemm.Linear(d_x.get(), d_w.get(), n, in, out, c.get(), GemmOut::kF32, nullptr).ok());
+  gemm.set_small_batch_kernel(false);
+  ASSERT_TRUE(gemm.Linear(d_x.get(), d_w.get(), n, in, out, b.get(), GemmOut::kF32, nullptr).ok());
+  SYNC_OR_FAIL();
+  const std::vector<float> ga = a.Download(), gb = b.Download(), gc = c.Download();
+  EXPECT_EQ(ga, gc) << "the small-batch kernel is not deterministic";
+  double worst = 0;
+  for (size_t i = 0; i < ga.size(); ++i) {
+    worst = std::max(worst, std::abs(double{ga[i]} - gb[i]) / (std::abs(double{gb[i]}) + 1e-2));
+  }
+  EXPECT_LT(worst, 1e-4) << "small-batch kernel vs cuBLAS";
+}
+
+// Refusals happen on the host, before any launch: this runs without a GPU.
+TEST(SmallBatchLinearTest, RefusesWhatItCannotTake) {
+  alignas(16) static bf16 buf[64];
+  const bf16* a = buf;
+  EXPECT_TRUE(SmallBatchLinearFits(a, a, 1, 64));
+  EXPECT_FALSE(SmallBatchLinearFits(a, a, 0, 64));
+  EXPECT_FALSE(SmallBatchLinearFits(a, a, 9, 64));
+  EXPECT_FALSE(SmallBatchLinearFits(a, a, 1, 60));
+  EXPECT_FALSE(SmallBatchLinearFits(a + 1, a, 1, 64));
+  EXPECT_FALSE(SmallBatchLinearFits(a, a + 4, 1, 64));
+  float y[8];
+  for (const auto& [x, n, in] : {std::tuple{a, int64_t{9}, int64_t{64}},
+                                 std::tuple{a, int64_t{1}, int64_t{60}},
+                                 std::tuple{a + 1, int64_t{1}, int64_t{64}}}) {
+    EXPECT_EQ(SmallBatchLinear(x, a, n, in, 1, y, GemmOut::kF32, nullptr).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(SmallBatchLinear(a, a, 1, 64, 0, y, GemmOut::kF32, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SmallBatchLinear(nullptr, a, 1, 64, 1, y, GemmOut::kF32, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -290,6 +290,49 @@ double BenchGemm(CublasGemm& gemm, int64_t n, int64_t in, int64_t out_f, double 
   return tflops;
 }
 
+// Decode-step linear layers (n <= 8 rows): the weight-streaming GEMV against cuBLAS on the
+// same inputs, in GB/s of weight read (what bounds a decode step), with their largest
+// relative difference. Matrices of 32 MB and more, so L2 (50-60 MB) holds little of them.
+void BenchSmallBatch(CublasGemm& gemm, int64_t n, int64_t in, int64_t out_f, const char* what,
+                     double copy_gbs) {
+  bf16* x = RandomBf16(size_t(n) * in, 31);
+  bf16* w = RandomBf16(size_t(out_f) * in, 32, 0.05f);
+  float* y_gemv = DeviceAlloc<float>(size_t(n) * out_f);
+  float* y_cublas = DeviceAlloc<float>(size_t(n) * out_f);
+  double ms[2];
+  for (int k = 0; k < 2; ++k) {
+    gemm.set_small_batch_kernel(k == 0);
+    float* y = k == 0 ? y_gemv : y_cublas;
+    ms[k] = TimeMs(
+        [&] { BENCH_OK(gemm.Linear(x, w, n, in, out_f, y, GemmOut::kF32, nullptr)); });
+  }
+  gemm.set_small_batch_kernel(true);
+  std::vector<float> a(size_t(n) * out_f), b(a.size());
+  BENCH_CUDA(cudaMemcpy(a.data(), y_gemv, a.size() * 4, cudaMemcpyDeviceToHost));
+  BENCH_CUDA(cudaMemcpy(b.data(), y_cublas, b.size() * 4, cudaMemcpyDeviceToHost));
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::abs(a[i] - b[i])));
+    max_ref = std::max(max_ref, double(std::abs(b[i])));
+  }
+  const double bytes = 2.0 * double(out_f) * in;
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "%s n=%ld %ldx%ld", what, long(n), long(out_f), long(in));
+  for (int k = 0; k < 2; ++k) {
+    const double gbs = bytes / (ms[k] * 1e-3) / 1e9;
+    Add(k == 0 ? "small-batch GEMV" : "cuBLAS (same shape)", shape, ms[k],
+        Fmt("%.0f GB/s", gbs),
+        Fmt("%.0f%% of copy", 100.0 * gbs / copy_gbs) +
+            (k == 0 ? Fmt(", %.2fx cuBLAS", ms[1] / ms[0]) +
+                          Fmt(", max|diff|/max|y| %.1e", max_diff / std::max(max_ref, 1e-30))
+                    : ""));
+  }
+  for (void* p : {static_cast<void*>(x), static_cast<void*>(w), static_cast<void*>(y_gemv),
+                  static_cast<void*>(y_cublas)}) {
+    BENCH_CUDA(cudaFree(p));
+  }
+}
+
 int Main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
@@ -314,6 +357,14 @@ int Main(int argc, char** argv) {
   CublasGemm& gemm = **gemm_or;
   const double peak = BenchGemm(gemm, 8192, 8192, 8192, copy_gbs);
   BenchGemm(gemm, 64, 4096, 14336, copy_gbs);  // decode-sized: weight-bandwidth bound
+  // Llama-3-8B's decode-step matrices (what cuda_decode_bench's batch-1 step reads).
+  for (const int64_t n : {1, 8}) {
+    BenchSmallBatch(gemm, n, 4096, 6144, "qkv", copy_gbs);
+    BenchSmallBatch(gemm, n, 4096, 4096, "o", copy_gbs);
+    BenchSmallBatch(gemm, n, 4096, 28672, "gate|up", copy_gbs);
+    BenchSmallBatch(gemm, n, 14336, 4096, "down", copy_gbs);
+  }
+  BenchSmallBatch(gemm, 1, 4096, 128256, "lm head", copy_gbs);
 
   BenchDecode(copy_gbs, 64, 4096, /*shuffled=*/true);
   BenchDecode(copy_gbs, 64, 4096, /*shuffled=*/false);
