@@ -121,7 +121,7 @@ absl::Status BenchEngine(const Args& args) {
     const int64_t tokens = std::max<int64_t>(2048, 32 * (128 + n_gen));
     options.num_kv_blocks = (tokens + options.block_size - 1) / options.block_size + 1;
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::FromGguf(path, options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::FromModelPath(path, options));
   const int threads = options.num_threads > 0 ? options.num_threads
                                               : static_cast<int>(std::thread::hardware_concurrency());
 

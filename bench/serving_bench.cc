@@ -37,7 +37,6 @@
 #include "cli/commands.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "engine/gguf_file.h"
 #include "engine/model_store.h"
 #include "engine/tokenizer.h"
 #include "grpcpp/grpcpp.h"
@@ -457,11 +456,10 @@ absl::Status BenchServe(const Args& args) {
 
   // The prompts: ordinary text tokens of the model the router serves.
   ASSIGN_OR_RETURN(std::string model_path, ResolveModelPath(args.GetString("model", "default")));
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(model_path));
-  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromGguf(*gguf));
-  ASSIGN_OR_RETURN(ServingWorkload workload, ServingWorkload::Create(*tokenizer, workload_options));
-  tokenizer.reset();
-  gguf.reset();
+  ASSIGN_OR_RETURN(ModelInfo model, LoadModelInfo(model_path));
+  ASSIGN_OR_RETURN(ServingWorkload workload,
+                   ServingWorkload::Create(*model.tokenizer, workload_options));
+  model.tokenizer.reset();
 
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                    ClientChannelCredentials(args.GetString("tls-ca")));

@@ -44,7 +44,7 @@ absl::Status Generate(const Args& args) {
     return absl::InvalidArgumentError("--max-tokens must be positive");
   }
 
-  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::FromGguf(path, options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::FromModelPath(path, options));
   const Tokenizer& tokenizer = *engine->tokenizer();
   std::vector<int32_t> prompt_tokens;
   const std::string prompt = args.GetString("prompt");

@@ -7,6 +7,7 @@
 #include "common/status_macros.h"
 #include "engine/gguf_file.h"
 #include "engine/model_config.h"
+#include "engine/hf_model.h"
 #include "engine/model_store.h"
 
 namespace tandem::cli {
@@ -14,11 +15,17 @@ namespace {
 
 absl::Status Info(const Args& args) {
   ASSIGN_OR_RETURN(std::string path, ModelPathFromArgs(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(path));
-  ASSIGN_OR_RETURN(ModelConfig config, ModelConfigFromGguf(*gguf));
+  ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(path));
+  const ModelConfig& config = info.config;
   std::printf("file:            %s\n", path.c_str());
-  std::printf("gguf version:    %u, %zu tensors, %zu metadata keys\n", gguf->version(),
-              gguf->tensors().size(), gguf->Keys().size());
+  std::unique_ptr<GgufFile> gguf;
+  if (IsHfModelDir(path)) {
+    std::printf("format:          Hugging Face (config.json, safetensors, tokenizer.json)\n");
+  } else {
+    ASSIGN_OR_RETURN(gguf, GgufFile::Open(path));
+    std::printf("gguf version:    %u, %zu tensors, %zu metadata keys\n", gguf->version(),
+                gguf->tensors().size(), gguf->Keys().size());
+  }
   std::printf("architecture:    %s\n", config.architecture.c_str());
   std::printf("layers:          %d\n", config.n_layers);
   std::printf("hidden:          %d\n", config.hidden);
@@ -30,7 +37,10 @@ absl::Status Info(const Args& args) {
   std::printf("rope theta:      %g\n", config.rope_theta);
   std::printf("rms eps:         %g\n", config.rms_norm_eps);
   std::printf("tied embeddings: %s\n", config.tied_embeddings ? "yes" : "no");
-  if (args.Has("tensors")) {
+  std::printf("rope layout:     %s\n",
+              config.rope_layout == RopeLayout::kHalfSplit ? "halves (Hugging Face)"
+                                                           : "adjacent pairs (GGUF)");
+  if (args.Has("tensors") && gguf != nullptr) {
     for (const GgufTensorInfo& t : gguf->tensors()) {
       std::string dims;
       for (int64_t d : t.dims) dims += absl::StrFormat("%s%d", dims.empty() ? "" : " x ", d);

@@ -8,6 +8,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "engine/hf_model.h"
 #include "engine/runner_registry.h"
 
 namespace tandem {
@@ -51,6 +52,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::FromGguf(const std::string& path
     LOG(WARNING) << "no chat template: " << tmpl.status();
   }
   return Create(std::move(weights), std::move(tokenizer), std::move(chat_template), options);
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::FromModelPath(const std::string& path,
+                                                              const EngineOptions& options) {
+  if (!IsHfModelDir(path)) return FromGguf(path, options);
+  ASSIGN_OR_RETURN(HfModel hf, LoadHfModel(path, /*with_weights=*/true));
+  if (hf.chat_template == nullptr) LOG(WARNING) << path << ": no chat template";
+  return Create(std::move(hf.weights), std::move(hf.tokenizer), std::move(hf.chat_template),
+                options);
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(

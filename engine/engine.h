@@ -65,6 +65,9 @@ class Engine {
   // Loads a GGUF model (weights, tokenizer, chat template).
   static absl::StatusOr<std::unique_ptr<Engine>> FromGguf(const std::string& path,
                                                           const EngineOptions& options);
+  // A GGUF file or a Hugging Face model directory (engine/hf_model.h).
+  static absl::StatusOr<std::unique_ptr<Engine>> FromModelPath(const std::string& path,
+                                                               const EngineOptions& options);
   // `tokenizer` and `chat_template` may be null: token ids in and out, no stop strings.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       std::unique_ptr<ModelWeights> weights, std::unique_ptr<Tokenizer> tokenizer,

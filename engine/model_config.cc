@@ -133,7 +133,9 @@ absl::Status ModelConfig::Validate() const {
 std::string ModelConfig::Fingerprint() const {
   const std::string canonical =
       Cat(name, "|", architecture, "|L", n_layers, "|d", hidden, "|h", n_heads, "|kv", n_kv_heads,
-          "|hd", head_dim, "|ffn", ffn_dim, "|v", vocab_size, "|tied", tied_embeddings ? 1 : 0);
+          "|hd", head_dim, "|ffn", ffn_dim, "|v", vocab_size, "|tied", tied_embeddings ? 1 : 0,
+          // Q/K rows in Hugging Face order put other values in the KV cache's dimensions.
+          rope_layout == RopeLayout::kHalfSplit ? "|rope-half" : "");
   return absl::StrFormat("%s-L%d-kv%d-hd%d-%016x", architecture, n_layers, n_kv_heads, head_dim,
                          Fnv1a64(canonical));
 }

@@ -18,6 +18,8 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "engine/gguf_file.h"
+#include "engine/hf_model.h"
 
 extern char** environ;
 
@@ -110,12 +112,47 @@ absl::StatusOr<std::string> ResolveModelPath(std::string_view model) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(Cat("model file ", path, " does not exist (", std::strerror(errno),
-                                   "); pass a .gguf path or 'default'"));
+                                   "); pass a .gguf path, a Hugging Face model directory or "
+                                   "'default'"));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    if (!IsHfModelDir(path)) {
+      return absl::InvalidArgumentError(
+          Cat("model directory ", path, " has no config.json (a Hugging Face model directory "
+              "holds config.json, model.safetensors and tokenizer.json)"));
+    }
+    return path;
   }
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(Cat("model path ", path, " is not a regular file"));
   }
   return path;
+}
+
+absl::StatusOr<ModelInfo> LoadModelInfo(const std::string& path) {
+  ModelInfo info;
+  if (IsHfModelDir(path)) {
+    ASSIGN_OR_RETURN(HfModel hf, LoadHfModel(path, /*with_weights=*/false));
+    info.config = std::move(hf.config);
+    info.tokenizer = std::move(hf.tokenizer);
+    if (hf.chat_template != nullptr) {
+      info.chat_template = std::move(*hf.chat_template);
+    } else {
+      info.chat_template_error =
+          absl::NotFoundError(Cat(path, ": tokenizer_config.json has no chat_template"));
+    }
+    return info;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(path));
+  ASSIGN_OR_RETURN(info.config, ModelConfigFromGguf(*gguf));
+  ASSIGN_OR_RETURN(info.tokenizer, Tokenizer::FromGguf(*gguf));
+  absl::StatusOr<ChatTemplate> chat = ChatTemplate::FromGguf(*gguf);
+  if (chat.ok()) {
+    info.chat_template = std::move(*chat);
+  } else {
+    info.chat_template_error = chat.status();
+  }
+  return info;
 }
 
 absl::StatusOr<bool> VerifyDefaultModel(const std::string& path) {

@@ -3,12 +3,17 @@
 #define TANDEM_ENGINE_MODEL_STORE_H_
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/chat_template.h"
+#include "engine/model_config.h"
+#include "engine/tokenizer.h"
 
 namespace tandem {
 
@@ -37,6 +42,16 @@ absl::StatusOr<std::string> ResolveModelPath(std::string_view model);
 absl::Status PullDefaultModel(std::ostream& progress);
 
 // Whether `path` is the default model (size, then sha256; the stamp caches the answer).
+// What the router and clients read of a model, without its weights: from a GGUF file or a
+// Hugging Face directory (engine/hf_model.h).
+struct ModelInfo {
+  ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat_template;
+  absl::Status chat_template_error;  // why there is none
+};
+absl::StatusOr<ModelInfo> LoadModelInfo(const std::string& path);
+
 absl::StatusOr<bool> VerifyDefaultModel(const std::string& path);
 
 }  // namespace tandem

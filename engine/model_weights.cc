@@ -153,6 +153,84 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::FromGguf(
   return w;
 }
 
+absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::FromSafetensors(
+    const ModelConfig& config, std::vector<std::unique_ptr<SafetensorsFile>> files) {
+  RETURN_IF_ERROR(config.Validate());
+  auto find = [&](const std::string& name,
+                  const std::vector<int64_t>& shape) -> absl::StatusOr<const SafetensorsTensor*> {
+    for (const auto& f : files) {
+      const SafetensorsTensor* t = f->Find(name);
+      if (t == nullptr) continue;
+      if (t->shape != shape) {
+        return absl::InvalidArgumentError(Cat(f->path(), ": tensor '", name, "' has shape ",
+                                              DimsString(t->shape), "; config.json needs ",
+                                              DimsString(shape)));
+      }
+      if (t->dtype == SafetensorsDtype::kOther) {
+        return absl::InvalidArgumentError(Cat(f->path(), ": tensor '", name, "' is ",
+                                              t->dtype_name, "; F32, F16 or BF16 are read"));
+      }
+      return t;
+    }
+    return absl::InvalidArgumentError(Cat("safetensors tensor '", name, "' is missing"));
+  };
+  auto type_of = [](const SafetensorsTensor& t) {
+    return t.dtype == SafetensorsDtype::kF32   ? GgmlType::kF32
+           : t.dtype == SafetensorsDtype::kF16 ? GgmlType::kF16
+                                               : GgmlType::kBF16;
+  };
+  auto matrix = [&](const std::string& name, int64_t rows,
+                    int64_t cols) -> absl::StatusOr<WeightView> {
+    ASSIGN_OR_RETURN(const SafetensorsTensor* t, find(name, {rows, cols}));
+    return WeightView{type_of(*t), rows, cols, t->data};
+  };
+  auto vector = [&](const std::string& name, int64_t n) -> absl::StatusOr<std::vector<float>> {
+    ASSIGN_OR_RETURN(const SafetensorsTensor* t, find(name, {n}));
+    std::vector<float> out(n);
+    if (t->dtype == SafetensorsDtype::kF32) {
+      std::memcpy(out.data(), t->data, n * sizeof(float));
+    } else {
+      DequantizeRow(type_of(*t), t->data, out.data(), n);
+    }
+    for (float v : out) {
+      if (!std::isfinite(v)) {
+        return absl::InvalidArgumentError(Cat("tensor '", name, "' holds a non-finite value"));
+      }
+    }
+    return out;
+  };
+
+  std::unique_ptr<ModelWeights> w(new ModelWeights());
+  w->config_ = config;
+  const ModelConfig& c = w->config_;
+  const int64_t hidden = c.hidden;
+  const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+  ASSIGN_OR_RETURN(w->token_embd_, matrix("model.embed_tokens.weight", c.vocab_size, hidden));
+  ASSIGN_OR_RETURN(w->output_norm_, vector("model.norm.weight", hidden));
+  if (c.tied_embeddings) {
+    w->output_ = w->token_embd_;
+  } else {
+    ASSIGN_OR_RETURN(w->output_, matrix("lm_head.weight", c.vocab_size, hidden));
+  }
+  w->layers_.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights& L = w->layers_[l];
+    const std::string p = Cat("model.layers.", l, ".");
+    ASSIGN_OR_RETURN(L.attn_norm, vector(p + "input_layernorm.weight", hidden));
+    ASSIGN_OR_RETURN(L.wq, matrix(p + "self_attn.q_proj.weight", q_dim, hidden));
+    ASSIGN_OR_RETURN(L.wk, matrix(p + "self_attn.k_proj.weight", kv_dim, hidden));
+    ASSIGN_OR_RETURN(L.wv, matrix(p + "self_attn.v_proj.weight", kv_dim, hidden));
+    ASSIGN_OR_RETURN(L.wo, matrix(p + "self_attn.o_proj.weight", hidden, q_dim));
+    ASSIGN_OR_RETURN(L.ffn_norm, vector(p + "post_attention_layernorm.weight", hidden));
+    ASSIGN_OR_RETURN(L.w_gate, matrix(p + "mlp.gate_proj.weight", c.ffn_dim, hidden));
+    ASSIGN_OR_RETURN(L.w_up, matrix(p + "mlp.up_proj.weight", c.ffn_dim, hidden));
+    ASSIGN_OR_RETURN(L.w_down, matrix(p + "mlp.down_proj.weight", hidden, c.ffn_dim));
+  }
+  w->safetensors_ = std::move(files);
+  return w;
+}
+
 absl::Status ModelWeights::CheckSynthetic(const ModelConfig& config, GgmlType type) {
   RETURN_IF_ERROR(config.Validate());
   const GgmlTypeTraits* traits = FindGgmlType(static_cast<uint32_t>(type));

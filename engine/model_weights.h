@@ -1,5 +1,5 @@
-// The weights of a Llama-architecture model: borrowed from a mapped GGUF file (kept alive
-// here), or owned synthetic random weights for benchmarks at real sizes. Matrices stay in
+// The weights of a Llama-architecture model: borrowed from a mapped GGUF file or Hugging Face
+// safetensors files (kept alive here), or owned synthetic random weights for benchmarks at real sizes. Matrices stay in
 // their stored type (WeightView); norm vectors are converted to fp32.
 #ifndef TANDEM_ENGINE_MODEL_WEIGHTS_H_
 #define TANDEM_ENGINE_MODEL_WEIGHTS_H_
@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "engine/gguf_file.h"
 #include "engine/model_config.h"
+#include "engine/safetensors.h"
 #include "kernels/cpu/ggml_types.h"
 #include "kernels/cpu/matmul.h"
 
@@ -40,6 +41,12 @@ class ModelWeights {
   static absl::StatusOr<std::unique_ptr<ModelWeights>> LoadGguf(const std::string& path);
   // The same over an already-parsed file (tests build one in memory with GgufWriter).
   static absl::StatusOr<std::unique_ptr<ModelWeights>> FromGguf(std::unique_ptr<GgufFile> gguf);
+
+  // Weights viewed inside Hugging Face safetensors files (engine/hf_model.h: names, shapes
+  // [out, in], F32/F16/BF16), which are kept alive here; `config` is config.json's.
+  // INVALID_ARGUMENT naming a missing or misshapen tensor or an unusable dtype.
+  static absl::StatusOr<std::unique_ptr<ModelWeights>> FromSafetensors(
+      const ModelConfig& config, std::vector<std::unique_ptr<SafetensorsFile>> files);
 
   // Seeded random weights: matrices ~ normal(0, 0.02) encoded in `type`, norms ~ 1 + 0.02 *
   // normal. Deterministic for a (config, type, seed) whatever the thread count; generated on
@@ -75,6 +82,7 @@ class ModelWeights {
 
   ModelConfig config_;
   std::unique_ptr<GgufFile> gguf_;                              // null for synthetic weights
+  std::vector<std::unique_ptr<SafetensorsFile>> safetensors_;   // Hugging Face checkpoints
   std::vector<std::unique_ptr<uint8_t, FreeDeleter>> buffers_;  // synthetic weights' storage
   WeightView token_embd_;
   std::vector<float> output_norm_;

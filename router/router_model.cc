@@ -5,24 +5,24 @@
 
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "engine/gguf_file.h"
+#include "engine/model_store.h"
 
 namespace tandem::router {
 
 absl::StatusOr<std::unique_ptr<RouterModel>> RouterModel::Load(const std::string& path) {
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(path));
+  ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(path));
   std::unique_ptr<RouterModel> model(new RouterModel());
   model->path_ = path;
   std::filesystem::path p(path);
   model->id_ = p.extension() == ".gguf" ? p.stem().string() : p.filename().string();
-  ASSIGN_OR_RETURN(model->config_, ModelConfigFromGguf(*gguf));
+  model->config_ = std::move(info.config);
   model->fingerprint_ = model->config_.Fingerprint();
-  ASSIGN_OR_RETURN(model->tokenizer_, Tokenizer::FromGguf(*gguf));
-  absl::StatusOr<ChatTemplate> chat = ChatTemplate::FromGguf(*gguf);
-  if (chat.ok()) {
-    model->chat_template_ = std::move(*chat);
+  model->tokenizer_ = std::move(info.tokenizer);
+  if (info.chat_template.has_value()) {
+    model->chat_template_ = std::move(info.chat_template);
   } else {
-    LOG(WARNING) << "model " << model->id_ << ": chat requests will be refused: " << chat.status();
+    LOG(WARNING) << "model " << model->id_
+                 << ": chat requests will be refused: " << info.chat_template_error;
   }
   return model;
 }

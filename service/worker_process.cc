@@ -171,7 +171,7 @@ int RunWorkerProcess(
   if (!flags.ok()) return fail(flags.status(), 2);
   BlockShutdownSignals();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::FromGguf(flags->model_path, flags->engine);
+      Engine::FromModelPath(flags->model_path, flags->engine);
   if (!engine.ok()) return fail(engine.status(), 1);
   if (role == v1::WORKER_ROLE_PREFILL) {
     if (absl::Status s = CheckTransportAvailable(flags->kv_transport,

@@ -7,6 +7,7 @@
 #   tests/run.sh                 # everything
 #   TANDEM_FUZZ_SECONDS=10 tests/run.sh
 #   TANDEM_SKIP_FUZZ=1 tests/run.sh
+#   TANDEM_SKIP_PYTHON=1 tests/run.sh   # no venvs: no Python client, OpenAI SDK or HF-model tests
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +32,22 @@ step() {
 step configure cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
 step build cmake --build "$build" -j "$jobs"
 step model-pull "$build/bin/tandem" model pull
+
+# The default model as a Hugging Face directory (fp32 safetensors, config.json, tokenizer.json),
+# converted by tools/gguf_to_hf.py in its own venv: hf_model_test runs it against the GGUF.
+# Made once (again when the converter or the model changes). TANDEM_SKIP_PYTHON=1 skips it
+# (the test then skips).
+if [[ ${TANDEM_SKIP_PYTHON:-0} != 1 ]]; then
+  hf_venv=$build/hf-venv
+  hf_model=$build/hf-smollm2-f32
+  gguf=${TANDEM_TEST_MODEL:-${TANDEM_HOME:-$HOME/.cache/tandem}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+  [[ -x $hf_venv/bin/python ]] || step hf-venv python3 -m venv "$hf_venv"
+  step hf-install "$hf_venv/bin/pip" install -q -r "$root/tests/hf/requirements.txt"
+  if [[ ! $hf_model/config.json -nt $root/tools/gguf_to_hf.py || ! $hf_model/config.json -nt $gguf ]]; then
+    step hf-convert "$hf_venv/bin/python" "$root/tools/gguf_to_hf.py" "$gguf" "$hf_model" --dtype f32 --self-check
+  fi
+  export TANDEM_TEST_HF_MODEL=$hf_model
+fi
 
 gpu_filter=(-LE gpu)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu_filter=(); fi
@@ -68,7 +85,7 @@ if [[ ${TANDEM_SKIP_FUZZ:-0} != 1 ]]; then
     -DCMAKE_BUILD_TYPE=Release -DTANDEM_FUZZ=ON -DTANDEM_BUILD_TESTS=OFF \
     -DTANDEM_WITH_CUDA=OFF -DTANDEM_WITH_GRPC=OFF \
     -DTANDEM_FUZZ_SECONDS="${TANDEM_FUZZ_SECONDS:-30}"
-  step fuzz-build cmake --build "$fuzz_build" -j "$jobs" --target gguf_fuzzer tokenizer_fuzzer http_parser_fuzzer \
+  step fuzz-build cmake --build "$fuzz_build" -j "$jobs" --target gguf_fuzzer tokenizer_fuzzer http_parser_fuzzer safetensors_fuzzer \
     openai_request_fuzzer
   fuzz_log=$logs/fuzz.log
   if ! ctest --test-dir "$fuzz_build" -L fuzz --output-on-failure >"$fuzz_log" 2>&1; then
