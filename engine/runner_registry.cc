@@ -19,13 +19,7 @@ RunnerBackend CpuBackend() {
   cpu.kv_dtypes = {KvDtype::kF16, KvDtype::kF32};
   cpu.make = [](const ModelWeights& weights,
                 const RunnerOptions& options) -> absl::StatusOr<std::unique_ptr<ModelRunner>> {
-    CpuModelRunnerOptions cpu_options;
-    cpu_options.num_threads = options.num_threads;
-    cpu_options.num_kv_blocks = options.num_kv_blocks;
-    cpu_options.block_size = options.block_size;
-    cpu_options.kv_dtype = options.kv_dtype;
-    cpu_options.exact_matmul = options.exact_matmul;
-    return std::make_unique<CpuModelRunner>(weights, cpu_options);
+    return std::make_unique<CpuModelRunner>(weights, CpuRunnerOptionsFrom(options));
   };
   return cpu;
 }
@@ -41,6 +35,16 @@ Registry& GetRegistry() {
 }
 
 }  // namespace
+
+CpuModelRunnerOptions CpuRunnerOptionsFrom(const RunnerOptions& options) {
+  CpuModelRunnerOptions cpu;
+  cpu.num_threads = options.num_threads;
+  cpu.num_kv_blocks = options.num_kv_blocks;
+  cpu.block_size = options.block_size;
+  cpu.kv_dtype = options.kv_dtype;
+  cpu.exact_matmul = options.exact_matmul;
+  return cpu;
+}
 
 std::string DeviceSpec::ToString() const {
   return backend == "cpu" ? backend : Cat(backend, ":", index);

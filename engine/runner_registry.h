@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/cpu_model_runner.h"
 #include "engine/model_runner.h"
 #include "engine/model_weights.h"
 #include "kernels/cpu/attention.h"
@@ -41,6 +42,9 @@ struct RunnerOptions {
   int num_threads = 0;        // CPU compute threads (0: every core)
   bool exact_matmul = false;  // CPU fp32 reference matmuls
 };
+
+// The CPU runner's options for `options` (the cpu backend's, and any backend built on it).
+CpuModelRunnerOptions CpuRunnerOptionsFrom(const RunnerOptions& options);
 
 struct RunnerBackend {
   std::string name;

@@ -262,20 +262,9 @@ TEST(HfTokenizerTest, BuildsTheTokenizerFromTokenizerJson) {
 // A synthetic model written as a Hugging Face directory runs exactly as the same weights do
 // in memory (same dtype, same layout: the directory only changes where the bytes live).
 TEST(HfModelTest, SyntheticDirectoryRunsLikeTheWeightsInMemory) {
-  ModelConfig c;
-  c.architecture = "llama";
+  ModelConfig c = *ModelConfig::Preset("tiny");
   c.name = "tiny-hf";
-  c.n_layers = 2;
-  c.hidden = 64;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.ffn_dim = 128;
-  c.vocab_size = 102;
-  c.context_length = 128;
-  c.rope_theta = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  c.tied_embeddings = false;
+  c.vocab_size = 102;  // the tiny tokenizer's
   c.rope_layout = RopeLayout::kHalfSplit;
   const std::string dir = (fs::temp_directory_path() / ("tandem-hf-" + std::to_string(getpid()))).string();
   fs::create_directories(dir);

@@ -57,23 +57,7 @@ TEST(RunnerRegistryTest, UnknownBackendNamesWhatTheBuildHas) {
   EXPECT_TRUE(FindRunnerBackend("cpu").ok());
 }
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "tiny-registry";
-  c.n_layers = 2;
-  c.hidden = 64;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.ffn_dim = 128;
-  c.vocab_size = 256;
-  c.context_length = 128;
-  c.rope_theta = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  c.tied_embeddings = true;
-  return c;
-}
+ModelConfig TinyConfig() { return *ModelConfig::Preset("tiny"); }
 
 std::vector<int32_t> GreedyTokens(const std::string& device, KvDtype kv_dtype,
                                   EngineOptions* used = nullptr) {
@@ -110,12 +94,7 @@ TEST(RunnerRegistryTest, RegisteredBackendRunsTheEngine) {
     ++made;
     seen_index = options.device_index;
     seen_dtype = options.kv_dtype;
-    CpuModelRunnerOptions cpu;
-    cpu.num_threads = options.num_threads;
-    cpu.num_kv_blocks = options.num_kv_blocks;
-    cpu.block_size = options.block_size;
-    cpu.kv_dtype = options.kv_dtype;
-    return std::make_unique<CpuModelRunner>(weights, cpu);
+    return std::make_unique<CpuModelRunner>(weights, CpuRunnerOptionsFrom(options));
   };
   RegisterRunnerBackend(fake);
   EXPECT_THAT(RunnerBackendNames(), ::testing::Contains("fake"));
@@ -176,12 +155,8 @@ TEST(RunnerRegistryTest, GreedyStepsUseTheRunnersArgmax) {
   backend.kv_dtypes = {KvDtype::kF16};
   backend.make = [&](const ModelWeights& weights, const RunnerOptions& options)
       -> absl::StatusOr<std::unique_ptr<ModelRunner>> {
-    CpuModelRunnerOptions cpu;
-    cpu.num_threads = options.num_threads;
-    cpu.num_kv_blocks = options.num_kv_blocks;
-    cpu.block_size = options.block_size;
-    cpu.kv_dtype = options.kv_dtype;
-    return std::make_unique<DeviceGreedyRunner>(weights, cpu, &greedy_steps, &full_steps);
+    return std::make_unique<DeviceGreedyRunner>(weights, CpuRunnerOptionsFrom(options),
+                                                &greedy_steps, &full_steps);
   };
   RegisterRunnerBackend(backend);
 
