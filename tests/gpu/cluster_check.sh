@@ -52,6 +52,29 @@ start() {  # NAME BINARY ARGS...
   "$bin/$1" "${@:2}" >"$logs/$name.log" 2>&1 &
   pids+=($!)
 }
+# wait_ready ROUTER PREFILL_COUNT LABEL: until the router lists the workers (1 decode, N
+# prefill). Fails at once when a process of the cluster has exited (a worker that cannot
+# start must not cost the device minutes of waiting), or after 120 s.
+wait_ready() {
+  local router=$1 want_prefill=$2 label=$3
+  for _ in $(seq 240); do
+    for p in "${pids[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        echo "[ cluster  ] ttft $label: a process exited before the cluster was ready:"
+        grep -h -iE 'error|fail|refus|no cuda|unavailable' "$logs"/*-"$label".log | tail -5
+        return 1
+      fi
+    done
+    if "$bin/tandem" client --router "$router" --health --json --timeout 2 2>/dev/null |
+      python3 -c "import json,sys; h=json.load(sys.stdin); sys.exit(0 if h['decode_workers'] >= 1 and h['prefill_workers'] >= $want_prefill else 1)" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "[ cluster  ] ttft $label: the workers did not register within 120 s"
+  return 1
+}
+
 # ttft LABEL MODE [TRANSPORT]: one cluster, one bench; prints the TTFT line.
 ttft() {
   local label=$1 mode=$2 transport=${3:-tcp}
@@ -67,9 +90,14 @@ ttft() {
   start "decode-$label" tandem-decode --router "$router" --model "$model" --device "$device" \
     --metrics-port -1 --kv-cache-mb 1024
   local json=$logs/ttft-$label.json
+  if ! wait_ready "$router" "$([[ $mode == disaggregated ]] && echo 1 || echo 0)" "$label"; then
+    stop_all
+    rc=$((rc == 1 ? 1 : 2))
+    return
+  fi
   timeout 240 "$bin/tandem" bench serve --router "$router" --concurrency 1 --num-requests 12 \
     --warmup 2 --prompt-tokens "$prompt_tokens" --output-tokens 4 --model "$model" \
-    --wait-ready 120 --label "$label" --json "$json" --quiet >"$logs/ttft-$label.log" 2>&1
+    --label "$label" --json "$json" --quiet >"$logs/ttft-$label.log" 2>&1
   local brc=$?
   stop_all
   if ((brc != 0)) || [[ ! -f $json ]]; then
