@@ -11,7 +11,10 @@
 #
 # Flags: --prefill N (1), --decode M (1), --mode disaggregated|collocated|auto (the router's
 # default), --port PORT (50051), --threads-per-worker T (cores / workers, at least 1),
-# --model default|PATH (default), --no-build, --restart, --metrics-base-port PORT (9101).
+# --model default|PATH (default; a GGUF or a Hugging Face directory), --no-build, --restart,
+# --metrics-base-port PORT (9101), --device cpu|cuda|cuda:N (every worker's; cpu),
+# --kv-transport tcp|cuda_ipc|nccl (the prefill workers'; tcp).
+#   deploy/local/up.sh --device cuda --kv-transport cuda_ipc   # both pools on the one GPU
 # Prometheus metrics: each worker serves GET /metrics on its own port, prefill-i on
 # PORT+i, decode-j on PORT+prefill+j (9101, 9102, ... by default; 0: any free port, each
 # printed in its log). The router's /metrics is on its HTTP port (8000).
@@ -36,6 +39,8 @@ port=50051
 threads=
 model=default
 metrics_base=9101
+device=cpu
+kv_transport=tcp
 do_build=1
 restart=0
 
@@ -56,6 +61,8 @@ while [[ $# -gt 0 ]]; do
     --threads-per-worker) threads=${2:?--threads-per-worker needs a value}; shift 2 ;;
     --model) model=${2:?--model needs a value}; shift 2 ;;
     --metrics-base-port) metrics_base=${2:?--metrics-base-port needs a value}; shift 2 ;;
+    --device) device=${2:?--device needs a value}; shift 2 ;;
+    --kv-transport) kv_transport=${2:?--kv-transport needs a value}; shift 2 ;;
     --no-build) do_build=0; shift ;;
     --restart) restart=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -138,8 +145,8 @@ for b in tandem tandem-router tandem-prefill tandem-decode; do
 done
 if [[ $model == default ]]; then
   step model-pull "$bin/tandem" model pull
-elif [[ ! -f $model ]]; then
-  die "--model: no file $model"
+elif [[ ! -f $model && ! -f $model/config.json ]]; then
+  die "--model: no GGUF file or Hugging Face directory (with config.json) at $model"
 fi
 
 # Nothing else may hold the router's port: the workers would register with it instead.
@@ -167,13 +174,14 @@ rm -f "$logs"/router.log "$logs"/prefill-*.log "$logs"/decode-*.log  # the last 
 router_flags=(--port "$port" --model "$model")
 [[ -n $mode ]] && router_flags+=(--mode "$mode")
 start router "$bin/tandem-router" "${router_flags[@]}"
-worker_flags=(--router "$address" --model "$model" --threads "$threads")
+worker_flags=(--router "$address" --model "$model" --threads "$threads" --device "$device")
 # metrics_port N: the metrics port of the N-th worker (prefill first), 0 with base 0.
 metrics_port() { ((metrics_base == 0)) && echo 0 || echo $((metrics_base + $1)); }
 metrics_ports=()
 for ((i = 0; i < prefill; i++)); do
   metrics_ports+=("prefill-$i:$(metrics_port "$i")")
-  start "prefill-$i" "$bin/tandem-prefill" "${worker_flags[@]}" --metrics-port "$(metrics_port "$i")"
+  start "prefill-$i" "$bin/tandem-prefill" "${worker_flags[@]}" --kv-transport "$kv_transport" \
+    --metrics-port "$(metrics_port "$i")"
 done
 for ((i = 0; i < decode; i++)); do
   metrics_ports+=("decode-$i:$(metrics_port $((prefill + i)))")
