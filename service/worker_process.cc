@@ -195,7 +195,8 @@ int RunWorkerProcess(
                           role == v1::WORKER_ROLE_PREFILL
                               ? std::vector<TransportKind>{flags->kv_transport}
                               : AvailableTransports(worker->engine().runner().kv_on_device())),
-      [&worker] { return worker->CurrentLoad(); }, MakeChannelCredentials(flags->tls));
+      [&worker] { return worker->CurrentLoad(); }, MakeChannelCredentials(flags->tls),
+      /*tls=*/!flags->tls_files.empty());
   std::unique_ptr<HttpServer> metrics_server;
   std::string metrics_address = "off";
   if (flags->metrics_port >= 0 && worker->metrics() != nullptr) {

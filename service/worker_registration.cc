@@ -10,9 +10,10 @@ namespace tandem {
 
 WorkerRegistration::WorkerRegistration(std::string router_address, v1::RegisterRequest request,
                                        std::function<v1::WorkerLoad()> load,
-                                       std::shared_ptr<grpc::ChannelCredentials> credentials)
+                                       std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                       bool tls)
     : router_address_(std::move(router_address)), request_(std::move(request)),
-      load_(std::move(load)) {
+      load_(std::move(load)), tls_(tls) {
   channel_ = grpc::CreateChannel(router_address_, credentials);
   stub_ = v1::Registry::NewStub(channel_);
 }
@@ -87,11 +88,29 @@ void WorkerRegistration::RegisterAndBeat() {
                    << " refused the registration: " << status.error_message();
         std::_Exit(3);
       }
-      LOG(INFO) << "router " << router_address_ << " not reachable yet ("
-                << status.error_message() << "); retrying";
+      const absl::Time now = absl::Now();
+      if (failing_since_ == absl::InfinitePast()) failing_since_ = now;
+      if (!warned_unreachable_ && now - failing_since_ >= absl::Seconds(10)) {
+        // Said once, loudly: a worker that never registers must not look merely slow.
+        warned_unreachable_ = true;
+        LOG(WARNING) << "router " << router_address_ << " still not reachable after "
+                     << absl::FormatDuration(absl::Trunc(now - failing_since_, absl::Seconds(1)))
+                     << " (" << status.error_message() << "); "
+                     << (tls_ ? "with TLS on, a handshake either side refuses ends as a closed "
+                                "socket: does the router's --tls-ca sign this worker's "
+                                "certificate, and this worker's --tls-ca the router's?"
+                              : "is the router running there, and without TLS? (a router with "
+                                "--tls-cert needs --tls-cert/--tls-key/--tls-ca on its workers)")
+                     << "; still retrying";
+      } else {
+        LOG(INFO) << "router " << router_address_ << " not reachable yet ("
+                  << status.error_message() << "); retrying";
+      }
       return;
     }
   }
+  failing_since_ = absl::InfinitePast();
+  warned_unreachable_ = false;
   const absl::Duration interval =
       absl::Seconds(std::clamp(response.heartbeat_interval_s(), 0.05, 10.0));
   grpc::ClientContext context;

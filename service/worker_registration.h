@@ -21,11 +21,13 @@ namespace tandem {
 class WorkerRegistration {
  public:
   // `load` is called on the heartbeat thread for every beat. `credentials`: how to reach the
-  // router (mutual TLS when the worker has certificates).
+  // router (mutual TLS when the worker has certificates; `tls` says so, for the hint logged
+  // when the router stays unreachable: a refused TLS handshake looks like a closed socket).
   WorkerRegistration(
       std::string router_address, v1::RegisterRequest request,
       std::function<v1::WorkerLoad()> load,
-      std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials());
+      std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials(),
+      bool tls = false);
   ~WorkerRegistration();  // Stop()
   WorkerRegistration(const WorkerRegistration&) = delete;
   WorkerRegistration& operator=(const WorkerRegistration&) = delete;
@@ -53,6 +55,10 @@ class WorkerRegistration {
   std::thread thread_;
   std::atomic<bool> registered_{false};
   std::atomic<bool> draining_{false};
+  const bool tls_;
+  // Registration thread only: since when Register has failed, and whether that was said.
+  absl::Time failing_since_ = absl::InfinitePast();
+  bool warned_unreachable_ = false;
 
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

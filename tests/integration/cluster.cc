@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -421,6 +422,12 @@ absl::Status Cluster::SpawnRouter(const std::string& name) {
                                    options_.mode,
                                    "--heartbeat-interval",
                                    absl::StrCat(options_.heartbeat_interval_s)};
+  // Any free HTTP port unless the test names one: 8000 may be taken (a local cluster, or
+  // another test run) and these tests speak gRPC.
+  if (std::find(options_.router_flags.begin(), options_.router_flags.end(), "--http-port") ==
+      options_.router_flags.end()) {
+    argv.insert(argv.end(), {"--http-port", "0"});
+  }
   argv.insert(argv.end(), options_.router_flags.begin(), options_.router_flags.end());
   auto process = Process::Spawn(name, std::move(argv), absl::StrCat(dir_, "/", name, ".log"));
   if (!process.ok()) return process.status();

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -157,6 +158,14 @@ TEST_F(SecurityTest, MutualTlsServesEndToEndAndRefusesStrangers) {
     EXPECT_THAT(log, Not(HasSubstr("registered with router"))) << log;
     EXPECT_THAT(log, HasSubstr("not reachable yet")) << log;
   }
+  // After 10 s of refusals each says, once, what to check (the router logs nothing: gRPC
+  // drops a refused handshake before any call).
+  EXPECT_TRUE(PollUntil(absl::Seconds(15), [&] {
+    return absl::StrContains(rogue->process->Log(), "still not reachable after") &&
+           absl::StrContains(plaintext->process->Log(), "still not reachable after");
+  }));
+  EXPECT_THAT(rogue->process->Log(), HasSubstr("does the router's --tls-ca sign this worker's"));
+  EXPECT_THAT(plaintext->process->Log(), HasSubstr("is the router running there, and without TLS"));
   // The cluster still serves.
   GenerateResult again = cluster.Generate(GreedyPrompt(kPrompt, kMaxTokens));
   ASSERT_TRUE(again.ok()) << again.Describe();
