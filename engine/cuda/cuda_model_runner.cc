@@ -217,6 +217,15 @@ absl::Status CudaModelRunner::Allocate(bool tied) {
     d.kv.n_kv_heads = c.n_kv_heads;
     d.kv.head_dim = c.head_dim;
   }
+  {
+    // The KV copies' block-id buffers, sized for the whole cache now: growing them later
+    // would cudaFree (a device-wide synchronization) on a transfer thread while the engine
+    // thread may be capturing a decode graph.
+    absl::MutexLock lock(&kv_mu_);
+    const size_t ids_bytes = static_cast<size_t>(options_.num_kv_blocks) * sizeof(int32_t);
+    RETURN_IF_ERROR(ReservePinned(&kv_ids_host_, &kv_ids_host_capacity_, ids_bytes));
+    RETURN_IF_ERROR(ReserveDevice(&kv_ids_dev_, &kv_ids_dev_capacity_, ids_bytes));
+  }
   RUNNER_CUDA_OK(cudaStreamSynchronize(stream_));
   LOG(INFO) << "CudaModelRunner: device " << options_.device << ", weights "
             << (weight_bytes_ >> 20) << " MiB bf16" << (tied ? " (tied LM head)" : "")
