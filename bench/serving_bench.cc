@@ -456,7 +456,7 @@ absl::Status BenchServe(const Args& args) {
 
   // The prompts: ordinary text tokens of the model the router serves.
   ASSIGN_OR_RETURN(std::string model_path, ResolveModelPath(args.GetString("model", "default")));
-  ASSIGN_OR_RETURN(ModelInfo model, LoadModelInfo(model_path));
+  ASSIGN_OR_RETURN(LoadedModel model, LoadModel(model_path, /*with_weights=*/false));
   ASSIGN_OR_RETURN(ServingWorkload workload,
                    ServingWorkload::Create(*model.tokenizer, workload_options));
   model.tokenizer.reset();

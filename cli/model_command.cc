@@ -15,7 +15,7 @@ namespace {
 
 absl::Status Info(const Args& args) {
   ASSIGN_OR_RETURN(std::string path, ModelPathFromArgs(args));
-  ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(path));
+  ASSIGN_OR_RETURN(LoadedModel info, LoadModel(path, /*with_weights=*/false));
   const ModelConfig& config = info.config;
   std::printf("file:            %s\n", path.c_str());
   std::unique_ptr<GgufFile> gguf;

@@ -8,7 +8,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
-#include "engine/hf_model.h"
+#include "engine/model_store.h"
 #include "engine/runner_registry.h"
 
 namespace tandem {
@@ -39,28 +39,14 @@ std::string_view FinishReasonName(FinishReason reason) {
   return "unknown";
 }
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::FromGguf(const std::string& path,
-                                                         const EngineOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights, ModelWeights::LoadGguf(path));
-  CHECK(weights->gguf() != nullptr);
-  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromGguf(*weights->gguf()));
-  std::unique_ptr<ChatTemplate> chat_template;
-  absl::StatusOr<ChatTemplate> tmpl = ChatTemplate::FromGguf(*weights->gguf());
-  if (tmpl.ok()) {
-    chat_template = std::make_unique<ChatTemplate>(*std::move(tmpl));
-  } else {
-    LOG(WARNING) << "no chat template: " << tmpl.status();
-  }
-  return Create(std::move(weights), std::move(tokenizer), std::move(chat_template), options);
-}
-
 absl::StatusOr<std::unique_ptr<Engine>> Engine::FromModelPath(const std::string& path,
                                                               const EngineOptions& options) {
-  if (!IsHfModelDir(path)) return FromGguf(path, options);
-  ASSIGN_OR_RETURN(HfModel hf, LoadHfModel(path, /*with_weights=*/true));
-  if (hf.chat_template == nullptr) LOG(WARNING) << path << ": no chat template";
-  return Create(std::move(hf.weights), std::move(hf.tokenizer), std::move(hf.chat_template),
-                options);
+  ASSIGN_OR_RETURN(LoadedModel model, LoadModel(path, /*with_weights=*/true));
+  if (model.chat_template == nullptr) {
+    LOG(WARNING) << "no chat template: " << model.chat_template_error;
+  }
+  return Create(std::move(model.weights), std::move(model.tokenizer),
+                std::move(model.chat_template), options);
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
@@ -86,8 +72,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   if (std::find(backend.kv_dtypes.begin(), backend.kv_dtypes.end(), kv_dtype) ==
       backend.kv_dtypes.end()) {
     if (kv_dtype != KvDtype::kF16 || backend.kv_dtypes.empty()) {
-      return absl::InvalidArgumentError(Cat("the ", backend.name, " backend does not keep the KV cache in ",
-                                            KvDtypeName(kv_dtype)));
+      return absl::InvalidArgumentError(Cat(
+          "the ", backend.name, " backend does not keep the KV cache in ", KvDtypeName(kv_dtype)));
     }
     kv_dtype = backend.kv_dtypes.front();  // the default f16 means "the backend's own"
   }

@@ -62,10 +62,8 @@ struct GenerationResult {
 
 class Engine {
  public:
-  // Loads a GGUF model (weights, tokenizer, chat template).
-  static absl::StatusOr<std::unique_ptr<Engine>> FromGguf(const std::string& path,
-                                                          const EngineOptions& options);
-  // A GGUF file or a Hugging Face model directory (engine/hf_model.h).
+  // Loads a model (weights, tokenizer, chat template) from a GGUF file or a Hugging Face
+  // directory (engine/model_store.h: LoadModel).
   static absl::StatusOr<std::unique_ptr<Engine>> FromModelPath(const std::string& path,
                                                                const EngineOptions& options);
   // `tokenizer` and `chat_template` may be null: token ids in and out, no stop strings.

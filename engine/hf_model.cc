@@ -258,13 +258,13 @@ absl::StatusOr<TokenizerData> TokenizerDataFromHf(std::string_view tokenizer_jso
   return data;
 }
 
-absl::StatusOr<HfModel> LoadHfModel(const std::string& dir, bool with_weights) {
+absl::StatusOr<LoadedModel> LoadHfModel(const std::string& dir, bool with_weights) {
   const fs::path root(dir);
   auto in_dir = [&](const absl::Status& s) {
     return absl::Status(s.code(), Cat(dir, ": ", s.message()));
   };
   ASSIGN_OR_RETURN(const std::string config_json, ReadFile(root / "config.json"));
-  HfModel model;
+  LoadedModel model;
   {
     absl::StatusOr<ModelConfig> c =
         ModelConfigFromHfConfig(config_json, root.filename().string());
@@ -286,8 +286,9 @@ absl::StatusOr<HfModel> LoadHfModel(const std::string& dir, bool with_weights) {
     model.tokenizer = *std::move(tok);
   }
   if (model.tokenizer->vocab_size() > model.config.vocab_size) {
-    return absl::InvalidArgumentError(Cat(dir, ": the tokenizer has ", model.tokenizer->vocab_size(),
-                                          " tokens, the model ", model.config.vocab_size));
+    return absl::InvalidArgumentError(Cat(dir, ": the tokenizer has ",
+                                          model.tokenizer->vocab_size(), " tokens, the model ",
+                                          model.config.vocab_size));
   }
   // The chat template: tokenizer_config.json's, else chat_template.jinja.
   std::string chat;
@@ -300,9 +301,13 @@ absl::StatusOr<HfModel> LoadHfModel(const std::string& dir, bool with_weights) {
   if (chat.empty() && fs::exists(root / "chat_template.jinja")) {
     chat = ReadFile(root / "chat_template.jinja").value_or("");
   }
-  if (!chat.empty()) {
-    absl::StatusOr<ChatTemplate> t = ChatTemplate::FromTemplateString(chat);
-    if (t.ok()) model.chat_template = std::make_unique<ChatTemplate>(*std::move(t));
+  if (chat.empty()) {
+    model.chat_template_error = absl::NotFoundError(
+        Cat(dir, ": neither tokenizer_config.json nor chat_template.jinja has a chat template"));
+  } else if (absl::StatusOr<ChatTemplate> t = ChatTemplate::FromTemplateString(chat); t.ok()) {
+    model.chat_template = std::make_unique<ChatTemplate>(*std::move(t));
+  } else {
+    model.chat_template_error = t.status();
   }
   if (!with_weights) return model;
 

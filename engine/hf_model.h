@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "engine/chat_template.h"
 #include "engine/model_config.h"
+#include "engine/model_store.h"
 #include "engine/model_weights.h"
 #include "engine/tokenizer.h"
 
@@ -36,15 +37,10 @@ absl::StatusOr<TokenizerData> TokenizerDataFromHf(std::string_view tokenizer_jso
                                                   std::string_view tokenizer_config_json,
                                                   std::string_view config_json = "");
 
-struct HfModel {
-  ModelConfig config;
-  std::unique_ptr<ModelWeights> weights;        // null when loaded without weights
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<ChatTemplate> chat_template;  // null: none in tokenizer_config.json
-};
-// Reads `dir`; with `with_weights` false only the config, tokenizer and chat template (the
-// router). INVALID_ARGUMENT / UNIMPLEMENTED naming the file and what is wrong.
-absl::StatusOr<HfModel> LoadHfModel(const std::string& dir, bool with_weights);
+// Reads `dir` (LoadModel's Hugging Face branch, engine/model_store.h); with `with_weights`
+// false only the config, tokenizer and chat template. INVALID_ARGUMENT / UNIMPLEMENTED naming
+// the file and what is wrong.
+absl::StatusOr<LoadedModel> LoadHfModel(const std::string& dir, bool with_weights);
 
 }  // namespace tandem
 

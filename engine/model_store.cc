@@ -129,30 +129,28 @@ absl::StatusOr<std::string> ResolveModelPath(std::string_view model) {
   return path;
 }
 
-absl::StatusOr<ModelInfo> LoadModelInfo(const std::string& path) {
-  ModelInfo info;
-  if (IsHfModelDir(path)) {
-    ASSIGN_OR_RETURN(HfModel hf, LoadHfModel(path, /*with_weights=*/false));
-    info.config = std::move(hf.config);
-    info.tokenizer = std::move(hf.tokenizer);
-    if (hf.chat_template != nullptr) {
-      info.chat_template = std::move(*hf.chat_template);
-    } else {
-      info.chat_template_error =
-          absl::NotFoundError(Cat(path, ": tokenizer_config.json has no chat_template"));
-    }
-    return info;
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool with_weights) {
+  if (IsHfModelDir(path)) return LoadHfModel(path, with_weights);
+  LoadedModel model;
+  std::unique_ptr<GgufFile> file;  // the metadata alone, without weights
+  const GgufFile* gguf = nullptr;
+  if (with_weights) {
+    ASSIGN_OR_RETURN(model.weights, ModelWeights::LoadGguf(path));
+    model.config = model.weights->config();
+    gguf = model.weights->gguf();
+  } else {
+    ASSIGN_OR_RETURN(file, GgufFile::Open(path));
+    ASSIGN_OR_RETURN(model.config, ModelConfigFromGguf(*file));
+    gguf = file.get();
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(path));
-  ASSIGN_OR_RETURN(info.config, ModelConfigFromGguf(*gguf));
-  ASSIGN_OR_RETURN(info.tokenizer, Tokenizer::FromGguf(*gguf));
+  ASSIGN_OR_RETURN(model.tokenizer, Tokenizer::FromGguf(*gguf));
   absl::StatusOr<ChatTemplate> chat = ChatTemplate::FromGguf(*gguf);
   if (chat.ok()) {
-    info.chat_template = std::move(*chat);
+    model.chat_template = std::make_unique<ChatTemplate>(*std::move(chat));
   } else {
-    info.chat_template_error = chat.status();
+    model.chat_template_error = chat.status();
   }
-  return info;
+  return model;
 }
 
 absl::StatusOr<bool> VerifyDefaultModel(const std::string& path) {

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "engine/chat_template.h"
 #include "engine/model_config.h"
+#include "engine/model_weights.h"
 #include "engine/tokenizer.h"
 
 namespace tandem {
@@ -42,15 +43,18 @@ absl::StatusOr<std::string> ResolveModelPath(std::string_view model);
 absl::Status PullDefaultModel(std::ostream& progress);
 
 // Whether `path` is the default model (size, then sha256; the stamp caches the answer).
-// What the router and clients read of a model, without its weights: from a GGUF file or a
-// Hugging Face directory (engine/hf_model.h).
-struct ModelInfo {
+// A model as the engine, the router and the clients read it, from a GGUF file or a Hugging
+// Face directory (engine/hf_model.h).
+struct LoadedModel {
   ModelConfig config;
+  std::unique_ptr<ModelWeights> weights;        // null unless loaded with weights
   std::unique_ptr<Tokenizer> tokenizer;
-  std::optional<ChatTemplate> chat_template;
-  absl::Status chat_template_error;  // why there is none
+  std::unique_ptr<ChatTemplate> chat_template;  // null: none (chat_template_error says why)
+  absl::Status chat_template_error;
 };
-absl::StatusOr<ModelInfo> LoadModelInfo(const std::string& path);
+// `path` as ResolveModelPath returns it. Without weights (the router, clients): the config,
+// tokenizer and chat template only.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool with_weights);
 
 absl::StatusOr<bool> VerifyDefaultModel(const std::string& path);
 

@@ -253,9 +253,10 @@ absl::StatusOr<std::unique_ptr<Transport>> ConnectDataPath(TransportKind kind,
       if (!hex) return absl::InvalidArgumentError("the NCCL unique id is not hex");
       NcclTransportOptions nccl;
       nccl.init_timeout = std::max(deadline - absl::Now(), absl::Milliseconds(1));
+      const std::string id =
+          absl::HexStringToBytes(absl::string_view(address.data(), address.size()));
       ASSIGN_OR_RETURN(std::unique_ptr<NcclTransport> transport,
-                       NcclTransport::Create(absl::HexStringToBytes(absl::string_view(address.data(), address.size())), /*nranks=*/2,
-                                             /*rank=*/1, options.device, nccl));
+                       NcclTransport::Create(id, /*nranks=*/2, /*rank=*/1, options.device, nccl));
       return std::unique_ptr<Transport>(std::move(transport));
 #else
       break;

@@ -10,7 +10,7 @@
 namespace tandem::router {
 
 absl::StatusOr<std::unique_ptr<RouterModel>> RouterModel::Load(const std::string& path) {
-  ASSIGN_OR_RETURN(ModelInfo info, LoadModelInfo(path));
+  ASSIGN_OR_RETURN(LoadedModel info, LoadModel(path, /*with_weights=*/false));
   std::unique_ptr<RouterModel> model(new RouterModel());
   model->path_ = path;
   std::filesystem::path p(path);
@@ -18,8 +18,8 @@ absl::StatusOr<std::unique_ptr<RouterModel>> RouterModel::Load(const std::string
   model->config_ = std::move(info.config);
   model->fingerprint_ = model->config_.Fingerprint();
   model->tokenizer_ = std::move(info.tokenizer);
-  if (info.chat_template.has_value()) {
-    model->chat_template_ = std::move(info.chat_template);
+  if (info.chat_template != nullptr) {
+    model->chat_template_ = std::move(*info.chat_template);
   } else {
     LOG(WARNING) << "model " << model->id_
                  << ": chat requests will be refused: " << info.chat_template_error;

@@ -10,7 +10,8 @@ namespace tandem {
 
 std::vector<FlagSpec> EngineFlagSpecs() {
   return {
-      {"model", false, "'default' (SmolLM2-135M-Instruct Q4_1) or a GGUF path"},
+      {"model", false,
+       "'default' (SmolLM2-135M-Instruct Q4_1), a GGUF path or a Hugging Face directory"},
       {"device", false, "cpu (default), cuda or cuda:N: the backend that runs the model"},
       {"threads", false, "compute threads (default: every core)"},
       {"kv-cache-mb", false, "KV cache memory in MiB (default 512)"},

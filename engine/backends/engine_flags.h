@@ -18,7 +18,7 @@ std::vector<FlagSpec> EngineFlagSpecs();
 // Also registers the built-in backends (engine/backends/backends.h) and checks that --device
 // names one of them.
 absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args);
-// --model default|PATH, resolved to a file.
+// --model default|PATH, resolved to a GGUF file or a Hugging Face directory.
 absl::StatusOr<std::string> ModelPathFromArgs(const Args& args);
 
 }  // namespace tandem

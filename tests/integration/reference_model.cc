@@ -19,7 +19,7 @@ absl::StatusOr<ReferenceModel*> ReferenceModel::Default() {
   options.num_threads = 1;
   options.device = testing::TestDevice();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::FromGguf(testing::DefaultModelPath(), options);
+      Engine::FromModelPath(testing::DefaultModelPath(), options);
   if (!engine.ok()) return engine.status();
   instance = new ReferenceModel(*std::move(engine));
   return instance;

@@ -45,7 +45,7 @@ std::unique_ptr<Engine> LoadEngine(bool exact) {
   options.exact_matmul = exact;
   options.kv_dtype = exact ? KvDtype::kF32 : KvDtype::kF16;
   options.kv_cache_bytes = 256ll << 20;
-  auto engine = Engine::FromGguf(testing::DefaultModelPath(), options);
+  auto engine = Engine::FromModelPath(testing::DefaultModelPath(), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? *std::move(engine) : nullptr;
 }
@@ -140,7 +140,7 @@ TEST(EngineGoldenTest, BatchedGreedyEqualsAloneOnTheDefaultModel) {
   options.num_threads = 2;
   options.max_batch_tokens = 96;
   options.kv_cache_bytes = 256ll << 20;
-  auto engine = Engine::FromGguf(testing::DefaultModelPath(), options);
+  auto engine = Engine::FromModelPath(testing::DefaultModelPath(), options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   auto request = [](const json& p) {
     GenerationRequest r;

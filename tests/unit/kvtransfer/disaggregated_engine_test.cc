@@ -134,7 +134,7 @@ TEST(DisaggregatedEngineTest, DefaultModelChatAnswerIsTheSame) {
   options.num_threads = 2;
   options.num_kv_blocks = 64;
   auto load = [&] {
-    auto engine = Engine::FromGguf(testing::DefaultModelPath(), options);
+    auto engine = Engine::FromModelPath(testing::DefaultModelPath(), options);
     CHECK_OK(engine.status());
     return *std::move(engine);
   };

@@ -43,7 +43,7 @@ Served Serve(const std::vector<grpc::Service*>& services) {
 class WorkersTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto reference = Engine::FromGguf(testing::DefaultModelPath(), SmallOptions());
+    auto reference = Engine::FromModelPath(testing::DefaultModelPath(), SmallOptions());
     ASSERT_TRUE(reference.ok()) << reference.status();
     reference_ = reference->release();
   }
@@ -53,7 +53,7 @@ class WorkersTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    auto decode_engine = Engine::FromGguf(testing::DefaultModelPath(), SmallOptions());
+    auto decode_engine = Engine::FromModelPath(testing::DefaultModelPath(), SmallOptions());
     ASSERT_TRUE(decode_engine.ok()) << decode_engine.status();
     DecodeWorkerOptions decode_options;
     decode_options.listen_host = "127.0.0.1";
@@ -64,7 +64,7 @@ class WorkersTest : public ::testing::Test {
     decode_->SetAddress(decode_server_.address);
     decode_->Start();
 
-    auto prefill_engine = Engine::FromGguf(testing::DefaultModelPath(), SmallOptions());
+    auto prefill_engine = Engine::FromModelPath(testing::DefaultModelPath(), SmallOptions());
     ASSERT_TRUE(prefill_engine.ok()) << prefill_engine.status();
     prefill_ = std::make_unique<PrefillWorker>(std::move(*prefill_engine), PrefillWorkerOptions{});
     prefill_server_ = Serve({prefill_.get()});
