@@ -284,5 +284,40 @@ TEST(FailureTest, KilledOnlyDecodeWorkerEndsTheCallUnavailable) {
   EXPECT_OK(cluster.WaitForIdle());
 }
 
+// A decode reservation that expires before its KV arrives (a prefill queue longer than
+// --reservation-deadline) is not a failed decode worker: the router places the request
+// again, a bounded number of times, then ends it with UNAVAILABLE. Every try's blocks come
+// back on both workers.
+TEST(FailureTest, ExpiredReservationsArePlacedAgainThenEndUnavailable) {
+  ASSERT_OK_AND_ASSIGN(ReferenceModel * ref, ReferenceModel::Default());
+  // ~900 tokens: on one CPU thread the prefill takes far longer than the 50 ms deadline.
+  const std::vector<int32_t> ids =
+      ref->TokenizePrompt(LongText("A very long ledger of the harbor's cargo:", 600));
+  ASSERT_GT(ids.size(), 600u);
+
+  ClusterOptions options = WithWorkers(1, 1);
+  options.router_flags = {"--reservation-deadline", "0.05"};
+  Cluster cluster(options);
+  ASSERT_OK(cluster.Start());
+
+  const absl::Time start = absl::Now();
+  GenerateResult result = cluster.Generate(GreedyTokens(ids, 8));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result.Describe();
+  // One placement and three more, each ended by the decode worker's expiry.
+  EXPECT_NE(result.status.error_message().find("4 times"), std::string::npos)
+      << result.Describe();
+  EXPECT_NE(result.status.error_message().find("expired"), std::string::npos)
+      << result.Describe();
+  EXPECT_TRUE(result.token_ids.empty()) << result.Describe();
+  EXPECT_LT(took, absl::Seconds(60)) << result.Describe();
+  std::fprintf(stderr, "expired reservations: the call ended after %s: %s\n",
+               absl::FormatDuration(took).c_str(), result.Describe().c_str());
+
+  // Nothing leaked: the decode worker freed every expired reservation, the prefill worker
+  // every abandoned prefill.
+  EXPECT_OK(cluster.WaitForIdle(absl::Seconds(30)));
+}
+
 }  // namespace
 }  // namespace tandem::integration
