@@ -101,8 +101,9 @@ absl::Status SmallBatchLinear(const bf16* x, const bf16* w, int64_t n, int64_t i
                               int64_t out_features, void* y, GemmOut out_type,
                               cudaStream_t stream, float beta) {
   TANDEM_ARG_CHECK(x != nullptr && w != nullptr && y != nullptr);
+  // One CTA per kGemvWarps rows, and gridDim.x is at most 2^31 - 1.
   TANDEM_ARG_CHECK(in_features > 0 && out_features > 0 &&
-                       out_features <= int64_t{std::numeric_limits<unsigned>::max()} * kGemvWarps,
+                       out_features <= int64_t{std::numeric_limits<int>::max()} * kGemvWarps,
                    "in=", in_features, " out=", out_features);
   TANDEM_ARG_CHECK(SmallBatchLinearFits(x, w, n, in_features),
                    "needs 1 <= n <= 8, in % 8 == 0 and 16-byte aligned x and w: n=", n,

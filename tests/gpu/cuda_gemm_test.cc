@@ -79,13 +79,15 @@ TEST(CublasGemmTest, LinearMatchesReference) {
 
 // The weight-streaming GEMV of decode steps (SmallBatchLinear, n <= 8), against the same
 // double reference and tolerances, on every batch size, row lengths that leave the unrolled
-// loop a tail (1032 = 129 chunks of 8) or never enter it (64), and row counts that leave the
-// last CTA partly empty (1, 5, 577). Linear must send these shapes to it.
+// loop a tail (1032 = 129 chunks of 8), never enter it (64, 576) or send some lanes through
+// it twice and the others to a three-step tail (1816 = 227 chunks: an off-by-one in either
+// loop bound reads past the row), and row counts that leave the last CTA partly empty
+// (1, 5, 577). Linear must send these shapes to it.
 TEST(SmallBatchLinearTest, MatchesReference) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(TestSeed());
   for (int64_t n = 1; n <= kSmallBatchRows; ++n) {
-    for (const int64_t in : {64, 576, 1032, 4096}) {
+    for (const int64_t in : {64, 576, 1032, 1816, 4096}) {
       for (const int64_t out : {1, 5, 577}) {
         for (const GemmOut out_type : {GemmOut::kBf16, GemmOut::kF32}) {
           const float beta = (n + in + out) % 2 == 0 ? 1.0f : 0.0f;
@@ -177,6 +179,9 @@ TEST(SmallBatchLinearTest, RefusesWhatItCannotTake) {
               absl::StatusCode::kInvalidArgument);
   }
   EXPECT_EQ(SmallBatchLinear(a, a, 1, 64, 0, y, GemmOut::kF32, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  // 2^33 rows need 2^31 CTAs, one more than gridDim.x allows.
+  EXPECT_EQ(SmallBatchLinear(a, a, 1, 64, int64_t{1} << 33, y, GemmOut::kF32, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(SmallBatchLinear(nullptr, a, 1, 64, 1, y, GemmOut::kF32, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
