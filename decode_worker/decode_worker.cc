@@ -371,10 +371,10 @@ grpc::Status DecodeWorker::Transfer(
   absl::StatusOr<std::unique_ptr<Transport>> transport =
       (*listener)->Accept(absl::Now() + options_.transfer_timeout);
   if (!transport.ok()) return ToGrpcStatus(transport.status());
-  const std::unique_ptr<DeviceAllocator> staging =
+  const std::unique_ptr<StagingAllocator> staging =
       MakeStagingAllocator(*kind, runner_->device());
   LayerTransferOptions transfer_options;
-  transfer_options.device_allocator = staging.get();
+  transfer_options.staging_allocator = staging.get();
   absl::StatusOr<std::unique_ptr<LayerReceiver>> receiver =
       LayerReceiver::Create(runner_, layout_, *peer, transport->get(), transfer_options);
   if (!receiver.ok()) return ToGrpcStatus(receiver.status());

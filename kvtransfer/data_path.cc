@@ -103,25 +103,35 @@ class CudaIpcDataPathListener : public DataPathListener {
   std::unique_ptr<CudaIpcTransport::Listener> listener_;
 };
 
-class CudaStagingAllocator : public DeviceAllocator {
+// Device memory on `device`, or pinned host memory (portable: any thread, any device).
+class CudaStagingAllocator : public StagingAllocator {
  public:
-  explicit CudaStagingAllocator(int device) : device_(device) {}
+  CudaStagingAllocator(int device, MemoryKind memory) : device_(device), memory_(memory) {}
+  MemoryKind memory() const override { return memory_; }
   absl::StatusOr<void*> Allocate(int64_t bytes) override {
     void* p = nullptr;
     cudaError_t e = cudaSetDevice(device_);
-    if (e == cudaSuccess) e = cudaMalloc(&p, static_cast<size_t>(bytes));
+    if (e == cudaSuccess) {
+      e = memory_ == MemoryKind::kDevice
+              ? cudaMalloc(&p, static_cast<size_t>(bytes))
+              : cudaHostAlloc(&p, static_cast<size_t>(bytes), cudaHostAllocPortable);
+    }
     if (e != cudaSuccess) {
-      return absl::ResourceExhaustedError(Cat("KV staging buffer of ", bytes, " bytes on cuda:",
-                                              device_, ": ", cudaGetErrorName(e)));
+      return absl::ResourceExhaustedError(
+          Cat("KV staging buffer of ", bytes, " bytes ",
+              memory_ == MemoryKind::kDevice ? "on" : "in pinned host memory for", " cuda:",
+              device_, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
     }
     return p;
   }
   void Free(void* ptr) override {
-    if (ptr != nullptr && cudaSetDevice(device_) == cudaSuccess) (void)cudaFree(ptr);
+    if (ptr == nullptr || cudaSetDevice(device_) != cudaSuccess) return;
+    (void)(memory_ == MemoryKind::kDevice ? cudaFree(ptr) : cudaFreeHost(ptr));
   }
 
  private:
   const int device_;
+  const MemoryKind memory_;
 };
 #endif  // TANDEM_HAVE_CUDA_IPC
 
@@ -267,9 +277,12 @@ absl::StatusOr<std::unique_ptr<Transport>> ConnectDataPath(TransportKind kind,
       Cat("this build has no ", TransportKindName(kind), " KV transport"));
 }
 
-std::unique_ptr<DeviceAllocator> MakeStagingAllocator(TransportKind kind, int device) {
+std::unique_ptr<StagingAllocator> MakeStagingAllocator(TransportKind kind, int device) {
 #if TANDEM_HAVE_CUDA_IPC
-  if (kind != TransportKind::kTcp) return std::make_unique<CudaStagingAllocator>(device);
+  if (kind != TransportKind::kTcp) {
+    return std::make_unique<CudaStagingAllocator>(device, MemoryKind::kDevice);
+  }
+  if (device >= 0) return std::make_unique<CudaStagingAllocator>(device, MemoryKind::kHost);
 #endif
   return nullptr;
 }

@@ -75,9 +75,12 @@ absl::StatusOr<std::unique_ptr<Transport>> ConnectDataPath(TransportKind kind,
                                                            const DataPathOptions& options,
                                                            absl::Time deadline);
 
-// Device memory for LayerTransfer's staging on a device transport (null for tcp, which
-// stages in host memory). Lives as long as the senders and receivers that use it.
-std::unique_ptr<DeviceAllocator> MakeStagingAllocator(TransportKind kind, int device);
+// The memory LayerTransfer stages a layer in (LayerTransferOptions::staging_allocator) for a
+// runner on `device` (ModelRunner::device(); -1: the CPU) and a `kind` transport: device
+// memory for cuda_ipc and nccl; for tcp, pinned host memory with a device runner, null
+// (ordinary host memory) with the CPU runner or in a build without CUDA. Lives as long as
+// the senders and receivers that use it.
+std::unique_ptr<StagingAllocator> MakeStagingAllocator(TransportKind kind, int device);
 
 }  // namespace tandem
 

@@ -9,28 +9,27 @@
 
 namespace tandem {
 
-KvStagingBuffer::KvStagingBuffer(bool on_device, DeviceAllocator* device_allocator)
-    : on_device_(on_device), device_allocator_(device_allocator) {
-  CHECK(!on_device_ || device_allocator_ != nullptr);
-}
+KvStagingBuffer::KvStagingBuffer(StagingAllocator* allocator) : allocator_(allocator) {}
 
 KvStagingBuffer::~KvStagingBuffer() {
-  if (device_ != nullptr) device_allocator_->Free(device_);
+  if (allocated_ != nullptr) allocator_->Free(allocated_);
 }
 
 absl::StatusOr<void*> KvStagingBuffer::Reserve(int64_t bytes) {
-  if (bytes <= capacity_) return on_device_ ? device_ : static_cast<void*>(host_.data());
-  if (!on_device_) {
-    host_.resize(bytes);
-    capacity_ = bytes;
+  if (allocator_ == nullptr) {
+    if (bytes > capacity_) {
+      host_.resize(bytes);
+      capacity_ = bytes;
+    }
     return static_cast<void*>(host_.data());
   }
-  if (device_ != nullptr) device_allocator_->Free(device_);
-  device_ = nullptr;
+  if (bytes <= capacity_) return allocated_;
+  if (allocated_ != nullptr) allocator_->Free(allocated_);
+  allocated_ = nullptr;
   capacity_ = 0;
-  ASSIGN_OR_RETURN(device_, device_allocator_->Allocate(bytes));
+  ASSIGN_OR_RETURN(allocated_, allocator_->Allocate(bytes));
   capacity_ = bytes;
-  return device_;
+  return allocated_;
 }
 
 absl::Status CheckLayerTransferSetup(const ModelRunner& runner, const KvLayout& local,
@@ -59,10 +58,19 @@ absl::Status CheckLayerTransferSetup(const ModelRunner& runner, const KvLayout& 
                      std::string(TransportKindName(transport.kind())),
                      " transport moves device memory (run the worker with --device cuda)"));
   }
-  if (device_transport && options.device_allocator == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the ", std::string(TransportKindName(transport.kind())),
-        " transport moves device memory: LayerTransferOptions::device_allocator is needed"));
+  if (device_transport && (options.staging_allocator == nullptr ||
+                           options.staging_allocator->memory() != MemoryKind::kDevice)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the ", std::string(TransportKindName(transport.kind())),
+                     " transport moves device memory: LayerTransferOptions::staging_allocator "
+                     "must allocate device memory"));
+  }
+  if (!device_transport && options.staging_allocator != nullptr &&
+      options.staging_allocator->memory() != MemoryKind::kHost) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the ", std::string(TransportKindName(transport.kind())),
+                     " transport moves host memory: the staging allocator must allocate host "
+                     "memory"));
   }
   return absl::OkStatus();
 }
@@ -93,7 +101,7 @@ LayerTransfer::LayerTransfer(ModelRunner* runner, const KvLayout& layout, Transp
     : runner_(runner),
       layout_(layout),
       transport_(transport),
-      staging_(transport->memory() == MemoryKind::kDevice, options.device_allocator) {}
+      staging_(options.staging_allocator) {}
 
 int64_t LayerTransfer::layer_bytes() const {
   return runner_->KvLayerBytes(static_cast<int64_t>(blocks_.size()));

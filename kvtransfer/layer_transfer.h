@@ -32,24 +32,30 @@
 
 namespace tandem {
 
-// Device memory for staging when the transport moves device memory; the CUDA side
-// implements it (kvtransfer/cuda). Host staging (TCP, with any runner) needs none.
-class DeviceAllocator {
+// Memory for the staging buffer, from the CUDA side (kvtransfer/data_path.h,
+// MakeStagingAllocator): device memory for a device transport; pinned host memory for a
+// device runner on a host transport, so that its KV copies are DMA the copy engine runs on
+// its own (pageable memory makes the driver copy through a bounce buffer, synchronously).
+class StagingAllocator {
  public:
-  virtual ~DeviceAllocator() = default;
+  virtual ~StagingAllocator() = default;
+  virtual MemoryKind memory() const = 0;
   virtual absl::StatusOr<void*> Allocate(int64_t bytes) = 0;
   virtual void Free(void* ptr) = 0;
 };
 
 struct LayerTransferOptions {
-  // Required with a device-memory transport; must outlive the sender/receiver.
-  DeviceAllocator* device_allocator = nullptr;
+  // Required with a device-memory transport (an allocator of device memory); optional with
+  // a host transport (pinned host memory; null: ordinary host memory). Must outlive the
+  // sender/receiver.
+  StagingAllocator* staging_allocator = nullptr;
 };
 
-// One reusable staging buffer, in host or device memory, grown to the largest layer seen.
+// One reusable staging buffer, grown to the largest layer seen: from `allocator` when there
+// is one, else in ordinary host memory.
 class KvStagingBuffer {
  public:
-  KvStagingBuffer(bool on_device, DeviceAllocator* device_allocator);
+  explicit KvStagingBuffer(StagingAllocator* allocator);
   ~KvStagingBuffer();
   KvStagingBuffer(const KvStagingBuffer&) = delete;
   KvStagingBuffer& operator=(const KvStagingBuffer&) = delete;
@@ -59,10 +65,9 @@ class KvStagingBuffer {
   int64_t capacity() const { return capacity_; }
 
  private:
-  const bool on_device_;
-  DeviceAllocator* const device_allocator_;
-  std::vector<uint8_t> host_;  // [capacity_] when on host
-  void* device_ = nullptr;     // [capacity_] when on device
+  StagingAllocator* const allocator_;
+  std::vector<uint8_t> host_;  // [capacity_] without an allocator
+  void* allocated_ = nullptr;  // [capacity_] from the allocator
   int64_t capacity_ = 0;
 };
 

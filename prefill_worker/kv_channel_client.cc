@@ -50,7 +50,7 @@ absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
   channel->transport_ = std::move(*data);
   channel->staging_allocator_ = MakeStagingAllocator(transport, runner->device());
   LayerTransferOptions transfer_options;
-  transfer_options.device_allocator = channel->staging_allocator_.get();
+  transfer_options.staging_allocator = channel->staging_allocator_.get();
   absl::StatusOr<std::unique_ptr<LayerSender>> sender = LayerSender::Create(
       runner, layout, peer, channel->transport_.get(), transfer_options);
   if (!sender.ok()) return channel->Break(sender.status());

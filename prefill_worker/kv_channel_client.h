@@ -69,7 +69,7 @@ class KvChannelClient {
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::KvFromPrefill, v1::KvToPrefill>> stream_;
   std::unique_ptr<Transport> transport_;
-  std::unique_ptr<DeviceAllocator> staging_allocator_;  // device transports; outlives sender_
+  std::unique_ptr<StagingAllocator> staging_allocator_;  // may be null; outlives sender_
   std::unique_ptr<LayerSender> sender_;
   std::thread watchdog_;
 

@@ -4,6 +4,8 @@
 // tests/gpu/cuda_ipc_test.cc, tests/gpu/nccl_transport_test.cc and tests/gpu/device_check.sh.
 #include "kvtransfer/data_path.h"
 
+#include <algorithm>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -38,7 +40,27 @@ TEST(DataPathTest, HostRunnersGetTcpOnly) {
   }
   // A device runner always has tcp (host staging), first.
   EXPECT_EQ(AvailableTransports(true).front(), TransportKind::kTcp);
-  EXPECT_EQ(MakeStagingAllocator(TransportKind::kTcp, 0), nullptr);
+}
+
+TEST(DataPathTest, StagingMemoryFollowsRunnerAndTransport) {
+  // The CPU runner (device -1) on tcp stages in ordinary host memory.
+  EXPECT_EQ(MakeStagingAllocator(TransportKind::kTcp, -1), nullptr);
+  const std::vector<TransportKind> device_kinds = AvailableTransports(true);
+  const bool have_cuda = std::find(device_kinds.begin(), device_kinds.end(),
+                                   TransportKind::kCudaIpc) != device_kinds.end();
+  std::unique_ptr<StagingAllocator> tcp = MakeStagingAllocator(TransportKind::kTcp, 0);
+  std::unique_ptr<StagingAllocator> ipc = MakeStagingAllocator(TransportKind::kCudaIpc, 0);
+  if (!have_cuda) {
+    EXPECT_EQ(tcp, nullptr);
+    EXPECT_EQ(ipc, nullptr);
+    return;
+  }
+  // A device runner on tcp stages in pinned host memory, on a device transport in device
+  // memory. (Nothing is allocated here: this machine may have no GPU.)
+  ASSERT_NE(tcp, nullptr);
+  EXPECT_EQ(tcp->memory(), MemoryKind::kHost);
+  ASSERT_NE(ipc, nullptr);
+  EXPECT_EQ(ipc->memory(), MemoryKind::kDevice);
 }
 
 TEST(DataPathTest, TcpCarriesBytesWithTheToken) {

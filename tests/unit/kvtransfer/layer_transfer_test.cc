@@ -2,6 +2,7 @@
 // a real TCP connection into other block ids of runner B (its own copy of the weights, as a
 // separate process would have), then both decode the same tokens with bit-identical logits.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -199,6 +200,82 @@ TEST(LayerTransferTest, ReusesStagingAcrossTransfers) {
     }
   }
   sender_thread.join();
+}
+
+// Host memory from malloc, counted: what a pinned-memory allocator is to a GPU runner.
+class CountingHostAllocator : public StagingAllocator {
+ public:
+  explicit CountingHostAllocator(MemoryKind claims = MemoryKind::kHost) : claims_(claims) {}
+  MemoryKind memory() const override { return claims_; }
+  absl::StatusOr<void*> Allocate(int64_t bytes) override {
+    ++allocations;
+    ++live;
+    return std::malloc(static_cast<size_t>(bytes));
+  }
+  void Free(void* ptr) override {
+    --live;
+    std::free(ptr);
+  }
+  int allocations = 0;
+  int live = 0;
+
+ private:
+  const MemoryKind claims_;
+};
+
+TEST(LayerTransferTest, StagesInTheAllocatorsMemoryWhenGivenOne) {
+  const ModelConfig config = *ModelConfig::Preset("tiny");
+  Worker prefill(config), decode(config);
+  const KvLayout layout = KvLayout::For(config, kBlockSize, KvDtype::kF16);
+  Prefill(*prefill.runner, Prompt(config.vocab_size), {0, 1, 2, 3});
+  TransportPair pair = Connected();
+  CountingHostAllocator sender_memory, receiver_memory;
+  {
+    LayerTransferOptions sender_options, receiver_options;
+    sender_options.staging_allocator = &sender_memory;
+    receiver_options.staging_allocator = &receiver_memory;
+    auto sender = LayerSender::Create(prefill.runner.get(), layout, layout,
+                                      pair.prefill_side.get(), sender_options);
+    auto receiver = LayerReceiver::Create(decode.runner.get(), layout, layout,
+                                          pair.decode_side.get(), receiver_options);
+    ASSERT_TRUE(sender.ok() && receiver.ok());
+    // A small transfer, then a larger one: the buffer grows once.
+    const std::vector<std::vector<int32_t>> sent = {{2}, {0, 1, 2, 3}};
+    const std::vector<std::vector<int32_t>> into = {{30}, {9, 8, 7, 6}};
+    const std::vector<int64_t> tokens = {16, 50};
+    std::thread sender_thread([&] {
+      for (size_t t = 0; t < sent.size(); ++t) {
+        ASSERT_TRUE((*sender)->Begin(sent[t], tokens[t]).ok());
+        ASSERT_TRUE((*sender)->SendRemainingLayers(In(absl::Seconds(10))).ok());
+      }
+    });
+    for (size_t t = 0; t < sent.size(); ++t) {
+      ASSERT_TRUE((*receiver)->Begin(into[t], tokens[t]).ok());
+      ASSERT_TRUE((*receiver)->RecvRemainingLayers(In(absl::Seconds(10))).ok());
+      for (int l = 0; l < config.n_layers; ++l) {
+        std::vector<uint8_t> a(prefill.runner->KvLayerBytes(sent[t].size())), b(a.size());
+        ASSERT_TRUE(prefill.runner->ReadKvLayer(l, sent[t], a.data()).ok());
+        ASSERT_TRUE(decode.runner->ReadKvLayer(l, into[t], b.data()).ok());
+        EXPECT_TRUE(a == b) << "transfer " << t << " layer " << l;
+      }
+    }
+    sender_thread.join();
+    EXPECT_EQ(sender_memory.allocations, 2);
+    EXPECT_EQ(receiver_memory.allocations, 2);
+  }
+  // Freed with the sender and the receiver.
+  EXPECT_EQ(sender_memory.live, 0);
+  EXPECT_EQ(receiver_memory.live, 0);
+
+  // Device memory for a host transport (or none for a device one) is refused up front.
+  CountingHostAllocator device_claim(MemoryKind::kDevice);
+  LayerTransferOptions wrong;
+  wrong.staging_allocator = &device_claim;
+  auto refused =
+      LayerSender::Create(prefill.runner.get(), layout, layout, pair.prefill_side.get(), wrong);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("host memory"));
+  EXPECT_EQ(device_claim.allocations, 0);
 }
 
 TEST(LayerTransferTest, RefusesMismatchedLayouts) {
