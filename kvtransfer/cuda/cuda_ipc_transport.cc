@@ -222,6 +222,7 @@ CudaIpcTransport::~CudaIpcTransport() {
          absl::Now() < limit) {
     absl::SleepFor(absl::Microseconds(100));
   }
+  (void)cudaGetLastError();  // the queries' "not ready" (see WaitEventDone)
   for (cudaEvent_t e : peer_events_) {
     if (e != nullptr) cudaEventDestroy(e);
   }
@@ -287,6 +288,9 @@ absl::Status CudaIpcTransport::WaitEventDone(cudaEvent_t event, absl::Time deadl
     const cudaError_t q = cudaEventQuery(event);
     if (q == cudaSuccess) return absl::OkStatus();
     if (q != cudaErrorNotReady) return Fail(CudaError(q, absl::StrCat(what, ": cudaEventQuery")));
+    // NOTE: a query's "not ready" must not linger as the thread's last error: the runner's
+    // next launch on this thread checks cudaGetLastError (as PyTorch clears it, #61554).
+    (void)cudaGetLastError();
     if (closed_.load()) return Fail(absl::UnavailableError("CUDA IPC transport closed"));
     if (absl::Now() > deadline) {
       return Fail(absl::DeadlineExceededError(absl::StrCat(what, ": deadline exceeded")));

@@ -88,9 +88,11 @@ absl::Status NcclTransport::Init(const ncclUniqueId& id) {
 }
 
 NcclTransport::~NcclTransport() {
+  // The stream, event and buffers below are device_'s, whatever happened to the communicator.
+  const bool on_device = cudaSetDevice(device_) == cudaSuccess;
   {
     absl::MutexLock lock(&op_mu_);
-    if (comm_ != nullptr && cudaSetDevice(device_) == cudaSuccess) {
+    if (comm_ != nullptr && on_device) {
       const ncclResult_t r = ncclCommFinalize(comm_);
       if (r != ncclSuccess && r != ncclInProgress) {
         Fail(absl::InternalError(absl::StrCat("ncclCommFinalize: ", NcclMessage(r, comm_))))
@@ -170,6 +172,9 @@ absl::Status NcclTransport::WaitStream(absl::Time deadline, absl::string_view wh
     const cudaError_t q = cudaEventQuery(done_);
     if (q == cudaSuccess) return absl::OkStatus();
     if (q != cudaErrorNotReady) return Fail(CudaError(q, absl::StrCat(what, ": cudaEventQuery")));
+    // NOTE: "not ready" must not linger as the thread's last error: the runner's next launch
+    // on this thread checks cudaGetLastError.
+    (void)cudaGetLastError();
     // A peer failure shows here while the kernels wait for it.
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
