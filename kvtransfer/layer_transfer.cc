@@ -24,11 +24,16 @@ absl::StatusOr<void*> KvStagingBuffer::Reserve(int64_t bytes) {
     return static_cast<void*>(host_.data());
   }
   if (bytes <= capacity_) return allocated_;
+  // Grown to a power of two (at least 1 MiB), so a channel's growing prompts reallocate a
+  // few times, not on every longer one: cudaFree waits for the whole device, the decode
+  // step in flight included.
+  int64_t grown = int64_t{1} << 20;
+  while (grown < bytes) grown *= 2;
   if (allocated_ != nullptr) allocator_->Free(allocated_);
   allocated_ = nullptr;
   capacity_ = 0;
-  ASSIGN_OR_RETURN(allocated_, allocator_->Allocate(bytes));
-  capacity_ = bytes;
+  ASSIGN_OR_RETURN(allocated_, allocator_->Allocate(grown));
+  capacity_ = grown;
   return allocated_;
 }
 

@@ -52,7 +52,7 @@ struct LayerTransferOptions {
 };
 
 // One reusable staging buffer, grown to the largest layer seen: from `allocator` when there
-// is one, else in ordinary host memory.
+// is one (rounded up to a power of two), else in ordinary host memory.
 class KvStagingBuffer {
  public:
   explicit KvStagingBuffer(StagingAllocator* allocator);

@@ -239,7 +239,7 @@ TEST(LayerTransferTest, StagesInTheAllocatorsMemoryWhenGivenOne) {
     auto receiver = LayerReceiver::Create(decode.runner.get(), layout, layout,
                                           pair.decode_side.get(), receiver_options);
     ASSERT_TRUE(sender.ok() && receiver.ok());
-    // A small transfer, then a larger one: the buffer grows once.
+    // A small transfer, then a larger one: both fit the first (1 MiB) buffer.
     const std::vector<std::vector<int32_t>> sent = {{2}, {0, 1, 2, 3}};
     const std::vector<std::vector<int32_t>> into = {{30}, {9, 8, 7, 6}};
     const std::vector<int64_t> tokens = {16, 50};
@@ -260,8 +260,8 @@ TEST(LayerTransferTest, StagesInTheAllocatorsMemoryWhenGivenOne) {
       }
     }
     sender_thread.join();
-    EXPECT_EQ(sender_memory.allocations, 2);
-    EXPECT_EQ(receiver_memory.allocations, 2);
+    EXPECT_EQ(sender_memory.allocations, 1);
+    EXPECT_EQ(receiver_memory.allocations, 1);
   }
   // Freed with the sender and the receiver.
   EXPECT_EQ(sender_memory.live, 0);
@@ -276,6 +276,25 @@ TEST(LayerTransferTest, StagesInTheAllocatorsMemoryWhenGivenOne) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("host memory"));
   EXPECT_EQ(device_claim.allocations, 0);
+}
+
+TEST(LayerTransferTest, AllocatedStagingGrowsByPowersOfTwo) {
+  CountingHostAllocator memory;
+  {
+    KvStagingBuffer buffer(&memory);
+    absl::StatusOr<void*> first = buffer.Reserve(100);
+    ASSERT_TRUE(first.ok());
+    EXPECT_EQ(buffer.capacity(), int64_t{1} << 20);
+    absl::StatusOr<void*> same = buffer.Reserve(int64_t{1} << 20);
+    ASSERT_TRUE(same.ok());
+    EXPECT_EQ(*same, *first);
+    ASSERT_TRUE(buffer.Reserve((int64_t{3} << 20) + 1).ok());
+    EXPECT_EQ(buffer.capacity(), int64_t{4} << 20);
+    ASSERT_TRUE(buffer.Reserve(int64_t{4} << 20).ok());
+    EXPECT_EQ(memory.allocations, 2);
+    EXPECT_EQ(memory.live, 1);
+  }
+  EXPECT_EQ(memory.live, 0);
 }
 
 TEST(LayerTransferTest, RefusesMismatchedLayouts) {
