@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/deadline_alarm.h"
 #include "common/logging.h"
 #include "common/strings.h"
 #include "kvtransfer/data_path.h"
@@ -381,6 +382,14 @@ grpc::Status DecodeWorker::Transfer(
 
   uint64_t receiving = 0;  // the ticket of the transfer in progress
   absl::Time begun;        // when its Begin arrived
+  // The transfer in progress ends by then, before the engine's own safety net could free
+  // the blocks it writes.
+  absl::Time must_end = absl::InfiniteFuture();
+  // Within a transfer each message (and each layer's bytes) comes within transfer_timeout
+  // and by must_end: a prefill worker that stalls with its stream open must not leave the
+  // ticket receiving. Between transfers a channel may idle.
+  auto next_deadline = [&] { return std::min(absl::Now() + options_.transfer_timeout, must_end); };
+  DeadlineAlarm stalled([context] { context->TryCancel(); });
   auto fail = [&](absl::Status status) {
     (*transport)->Close();
     if (receiving != 0) {
@@ -390,7 +399,11 @@ grpc::Status DecodeWorker::Transfer(
     if (!status.ok()) LOG(WARNING) << "KV channel closed: " << status.message();
     return ToGrpcStatus(status);
   };
-  while (stream->Read(&message)) {
+  while (true) {
+    stalled.Arm(receiving != 0 ? next_deadline() : absl::InfiniteFuture());
+    const bool read = stream->Read(&message);
+    stalled.Disarm();
+    if (!read) break;
     reply.Clear();
     if (message.has_begin()) {
       const v1::KvBegin& begin = message.begin();
@@ -415,6 +428,7 @@ grpc::Status DecodeWorker::Transfer(
       if (refused.ok()) {
         receiving = ticket->id;
         begun = absl::Now();
+        must_end = ticket->deadline + kEngineDeadlineSlack / 2;
         refused = (*receiver)->Begin(ticket->blocks, begin.num_tokens());
         if (!refused.ok()) {
           AbandonTransfer(receiving);
@@ -429,8 +443,7 @@ grpc::Status DecodeWorker::Transfer(
       }
     } else if (message.has_layer()) {
       if (receiving == 0) return fail(absl::FailedPreconditionError("layer outside a transfer"));
-      absl::Status status = (*receiver)->RecvLayer(message.layer().layer(),
-                                                   absl::Now() + options_.transfer_timeout);
+      absl::Status status = (*receiver)->RecvLayer(message.layer().layer(), next_deadline());
       if (!status.ok()) return fail(status);
       metrics_->kv_transfer_bytes.Increment(static_cast<double>((*receiver)->layer_bytes()));
       continue;  // layers are not acknowledged one by one
@@ -460,6 +473,11 @@ grpc::Status DecodeWorker::Transfer(
       return fail(absl::InvalidArgumentError("unexpected message on the KV channel"));
     }
     if (!stream->Write(reply)) return fail(absl::CancelledError("the prefill side left"));
+  }
+  if (stalled.fired() > 0 && receiving != 0) {
+    return fail(absl::DeadlineExceededError(
+        Cat("ticket ", receiving, ": the prefill worker sent nothing more within ",
+            absl::FormatDuration(options_.transfer_timeout), " (or past the reservation)")));
   }
   return fail(absl::OkStatus());
 }

@@ -16,7 +16,6 @@ KvChannelClient::KvChannelClient(std::string decode_address, ModelRunner* runner
 
 KvChannelClient::~KvChannelClient() {
   Close();
-  if (watchdog_.joinable()) watchdog_.join();
   if (stream_ != nullptr) {
     stream_->WritesDone();
     stream_->Finish();
@@ -33,7 +32,6 @@ absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
       credentials != nullptr ? std::move(credentials) : grpc::InsecureChannelCredentials());
   channel->stub_ = v1::KvChannel::NewStub(channel->grpc_channel_);
   channel->stream_ = channel->stub_->Transfer(&channel->context_);
-  channel->watchdog_ = std::thread([c = channel.get()] { c->Watchdog(); });
 
   v1::KvFromPrefill open;
   *open.mutable_open()->mutable_layout() = KvLayoutToProto(layout);
@@ -69,10 +67,6 @@ absl::Status KvChannelClient::Break(absl::Status status) {
 }
 
 void KvChannelClient::Close() {
-  {
-    absl::MutexLock lock(&mu_);
-    closing_ = true;
-  }
   (void)Break(absl::UnavailableError(Cat("KV channel to ", decode_address_, " closed")));
 }
 
@@ -81,24 +75,15 @@ bool KvChannelClient::broken() const {
   return !broken_.ok();
 }
 
-void KvChannelClient::Watchdog() {
-  absl::MutexLock lock(&mu_);
-  while (!closing_) {
-    auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return closing_; };
-    const absl::Time deadline = read_deadline_;
-    if (mu_.AwaitWithDeadline(absl::Condition(&wake),
-                              std::min(deadline, absl::Now() + absl::Milliseconds(100)))) {
-      return;
-    }
-    if (read_deadline_ != absl::InfiniteFuture() && absl::Now() >= read_deadline_) {
-      if (broken_.ok()) {
-        broken_ = absl::DeadlineExceededError(
-            Cat("no reply from the decode worker ", decode_address_, " in time"));
-      }
-      read_deadline_ = absl::InfiniteFuture();
-      context_.TryCancel();
+void KvChannelClient::OnReplyLate() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (broken_.ok()) {
+      broken_ = absl::DeadlineExceededError(
+          Cat("no reply from the decode worker ", decode_address_, " in time"));
     }
   }
+  context_.TryCancel();
 }
 
 absl::Status KvChannelClient::Write(const v1::KvFromPrefill& message) {
@@ -117,13 +102,13 @@ absl::StatusOr<v1::KvToPrefill> KvChannelClient::ReadReply(absl::Time deadline) 
   {
     absl::MutexLock lock(&mu_);
     if (!broken_.ok()) return broken_;
-    read_deadline_ = deadline;
   }
   v1::KvToPrefill reply;
+  reply_alarm_.Arm(deadline);
   const bool ok = stream_->Read(&reply);
+  reply_alarm_.Disarm();
   {
     absl::MutexLock lock(&mu_);
-    read_deadline_ = absl::InfiniteFuture();
     if (!broken_.ok()) return broken_;
   }
   if (!ok) {

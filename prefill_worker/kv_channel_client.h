@@ -9,13 +9,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/deadline_alarm.h"
 #include "engine/model_runner.h"
 #include "grpcpp/grpcpp.h"
 #include "kvtransfer/kv_layout.h"
@@ -56,10 +56,10 @@ class KvChannelClient {
  private:
   KvChannelClient(std::string decode_address, ModelRunner* runner, const KvLayout& layout);
   absl::Status Write(const v1::KvFromPrefill& message);
-  // Reads the next reply; the watchdog cancels the stream when `deadline` passes first.
+  // Reads the next reply; the alarm cancels the stream when `deadline` passes first.
   absl::StatusOr<v1::KvToPrefill> ReadReply(absl::Time deadline);
   absl::Status Break(absl::Status status);
-  void Watchdog();
+  void OnReplyLate();
 
   const std::string decode_address_;
   ModelRunner* const runner_;
@@ -71,12 +71,11 @@ class KvChannelClient {
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<StagingAllocator> staging_allocator_;  // may be null; outlives sender_
   std::unique_ptr<LayerSender> sender_;
-  std::thread watchdog_;
 
   mutable absl::Mutex mu_;
   absl::Status broken_ ABSL_GUARDED_BY(mu_);
-  bool closing_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Time read_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Last: destroyed (its thread stopped) before anything OnReplyLate touches.
+  DeadlineAlarm reply_alarm_{[this] { OnReplyLate(); }};
 };
 
 }  // namespace tandem

@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "kvtransfer/data_path.h"
 #include "prefill_worker/prefill_worker.h"
 #include "service/convert.h"
 #include "service/grpc_status.h"
@@ -248,6 +249,74 @@ TEST_F(WorkersTest, KvChannelRefusesAnotherLayout) {
   grpc::Status status = stream->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("n_kv_heads"));
+}
+
+// A prefill side that begins a transfer and then goes quiet, its stream still open: the
+// decode worker ends the channel after transfer_timeout with DEADLINE_EXCEEDED, and the
+// reservation expires as one whose KV never came (before: the ticket stayed "receiving",
+// its blocks held until the engine's safety net a minute past the deadline).
+TEST_F(WorkersTest, PrefillSideStalledMidTransferIsCutOff) {
+  auto engine = Engine::FromModelPath(testing::DefaultModelPath(), SmallOptions());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  DecodeWorkerOptions options;
+  options.listen_host = "127.0.0.1";
+  options.advertise_host = "127.0.0.1";
+  options.transfer_timeout = absl::Milliseconds(300);
+  DecodeWorker decode(std::move(*engine), options);
+  Served served = Serve({static_cast<v1::Decode::Service*>(&decode),
+                         static_cast<v1::KvChannel::Service*>(&decode)});
+  decode.SetAddress(served.address);
+  decode.Start();
+  auto channel = grpc::CreateChannel(served.address, grpc::InsecureChannelCredentials());
+  const int64_t free_before = decode.CurrentLoad().free_kv_blocks();
+
+  v1::ReserveRequest reserve;
+  reserve.set_request_id("stalled");
+  for (int i = 0; i < 40; ++i) reserve.add_prompt_token_ids(100 + i);
+  reserve.mutable_sampling()->set_max_tokens(8);
+  reserve.set_deadline_s(1.0);
+  v1::ReserveResponse reserved;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(v1::Decode::NewStub(channel)->Reserve(&context, reserve, &reserved).ok());
+  }
+  EXPECT_LT(decode.CurrentLoad().free_kv_blocks(), free_before);
+
+  auto stub = v1::KvChannel::NewStub(channel);
+  grpc::ClientContext context;
+  auto stream = stub->Transfer(&context);
+  v1::KvFromPrefill message;
+  *message.mutable_open()->mutable_layout() = KvLayoutToProto(decode.layout());
+  message.mutable_open()->set_transport("tcp");
+  ASSERT_TRUE(stream->Write(message));
+  v1::KvToPrefill reply;
+  ASSERT_TRUE(stream->Read(&reply));
+  absl::StatusOr<std::unique_ptr<Transport>> data =
+      ConnectDataPath(TransportKind::kTcp, reply.data_address(), reply.data_token(),
+                      DataPathOptions{}, absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(data.ok()) << data.status();
+  message.Clear();
+  message.mutable_begin()->set_ticket_id(reserved.ticket().ticket_id());
+  message.mutable_begin()->set_num_tokens(40);
+  ASSERT_TRUE(stream->Write(message));
+  ASSERT_TRUE(stream->Read(&reply));
+  ASSERT_EQ(reply.begun_ticket_id(), reserved.ticket().ticket_id()) << reply.error();
+
+  // Silence. The decode worker closes the channel on its own.
+  const absl::Time quiet = absl::Now();
+  EXPECT_FALSE(stream->Read(&reply));
+  const grpc::Status status = stream->Finish();
+  EXPECT_LT(absl::Now() - quiet, absl::Seconds(10));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  // The ticket waits for a retry until its deadline, then frees its blocks.
+  const absl::Time limit = absl::Now() + absl::Seconds(10);
+  while (decode.num_requests() > 0 && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(decode.num_requests(), 0);
+  EXPECT_EQ(decode.CurrentLoad().free_kv_blocks(), free_before);
+  served.server->Shutdown(std::chrono::system_clock::now());
+  decode.Stop();
 }
 
 }  // namespace
