@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
         options.listen_host = flags.host;
         options.advertise_host = flags.advertise_host;
         options.model_name = flags.model_name;
+        options.transfer_timeout = flags.kv_transfer_timeout;
         return std::make_unique<tandem::DecodeWorker>(std::move(engine), options);
       });
 }

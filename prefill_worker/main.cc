@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
         options.kv_channel_credentials = tandem::MakeChannelCredentials(flags.tls);
         options.model_name = flags.model_name;
         options.kv_transport = flags.kv_transport;
+        options.transfer_timeout = flags.kv_transfer_timeout;
         return std::make_unique<tandem::PrefillWorker>(std::move(engine), options);
       });
 }

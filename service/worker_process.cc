@@ -35,6 +35,9 @@ std::vector<FlagSpec> WorkerFlagSpecs() {
       {"kv-transport", false,
        "prefill: tcp (default), cuda_ipc (decode on the same node) or nccl (another GPU); "
        "decode workers accept each one they can open"},
+      {"kv-transfer-timeout", false,
+       "seconds a KV transfer may wait for its peer's next message or layer before the "
+       "channel is closed and the request's blocks released (default 30)"},
       {"help", true, "this text"},
   });
   return specs;
@@ -71,6 +74,12 @@ absl::StatusOr<WorkerFlags> WorkerFlagsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(flags.tls, LoadTlsFiles(tls));
   flags.tls_files = tls;
   ASSIGN_OR_RETURN(flags.kv_transport, ParseTransportKind(args.GetString("kv-transport", "tcp")));
+  ASSIGN_OR_RETURN(double transfer_s, args.GetDouble("kv-transfer-timeout", 30));
+  if (!(transfer_s > 0) || transfer_s > 3600) {
+    return absl::InvalidArgumentError(Cat("--kv-transfer-timeout must be in (0, 3600] seconds, got ",
+                                          args.GetString("kv-transfer-timeout")));
+  }
+  flags.kv_transfer_timeout = absl::Seconds(transfer_s);
   return flags;
 }
 

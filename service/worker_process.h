@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/args.h"
 #include "engine/engine.h"
 #include "grpcpp/grpcpp.h"
@@ -36,6 +37,8 @@ struct WorkerFlags {
   // Prefill workers: the KV transport they open channels with (kvtransfer/data_path.h).
   // Decode workers accept every transport they can open.
   TransportKind kv_transport = TransportKind::kTcp;
+  // How long either end of a KV transfer waits for the other's next message or layer.
+  absl::Duration kv_transfer_timeout = absl::Seconds(30);
   // --tls-cert, --tls-key and --tls-ca (all three or none), loaded: mutual TLS on the
   // worker's server (clients must present a certificate the CA signed), on its registration
   // with the router and on the KV channels it opens. Empty: plaintext.
