@@ -535,12 +535,15 @@ absl::StatusOr<int> CudaModelRunner::Run(absl::Span<const ForwardSeq> seqs, bool
       &logits_host_, &logits_host_capacity_,
       static_cast<size_t>(n_logits) * (greedy ? sizeof(int32_t) : c.vocab_size * sizeof(float))));
 
+  // What this step writes: a KV read of other blocks need not wait for its layer events.
+  step_writes_.Begin(absl::MakeConstSpan(slots, static_cast<size_t>(n_tokens)), bs);
   const absl::Status enqueued =
       Enqueue(static_cast<char*>(meta_dev_), meta_, static_cast<char*>(scratch_), scratch_layout_,
               n_tokens, n_logits, n_dec, n_pre, max_blocks, max_dec_len, max_pre_q, dec_ws_bytes,
               greedy, /*copy_io=*/true);
   // Always drain the stream: the staging buffers are rewritten by the next step.
   const cudaError_t synced = cudaStreamSynchronize(stream_);
+  step_writes_.End();
   RETURN_IF_ERROR(enqueued);
   if (synced != cudaSuccess) return CudaError(synced, "forward pass (cudaStreamSynchronize)");
   return n_logits;
@@ -932,8 +935,12 @@ absl::Status CudaModelRunner::CopyKvLayer(int layer, absl::Span<const int32_t> b
   absl::MutexLock lock(&kv_mu_);
   RUNNER_CUDA_OK(cudaSetDevice(options_.device));
   cudaStream_t st = kv_stream_;
-  // A read starts after the layer's last recorded write (a step may still be computing it).
-  if (to_packed) RUNNER_CUDA_OK(cudaStreamWaitEvent(st, layer_events_[layer], 0));
+  // A read of blocks the eager step in flight writes starts after that step's write of the
+  // layer (recorded before the layer was reported). Other blocks were written by finished
+  // steps: no wait (the event may already belong to the next step's layer).
+  if (to_packed && step_writes_.Touches(blocks)) {
+    RUNNER_CUDA_OK(cudaStreamWaitEvent(st, layer_events_[layer], 0));
+  }
   const size_t block_bytes = static_cast<size_t>(options_.block_size) * kv_dim_ * sizeof(bf16);
   const size_t half = blocks.size() * block_bytes;  // K of every block, then V
   const cuda::PagedKvCache& kv = layers_[layer].kv;

@@ -29,6 +29,7 @@
 #include "engine/model_runner.h"
 #include "engine/model_weights.h"
 #include "engine/runner_registry.h"
+#include "engine/step_kv_writes.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace tandem {
@@ -64,8 +65,9 @@ struct CudaModelRunnerOptions {
 //
 // Layers as they land: the eager path records an event after each layer's KV write and
 // reports the layer (NotifyLayerDone) as soon as that layer is enqueued; a later
-// ReadKvLayer of the layer waits for the event on the device, so a prefill worker's transfer
-// thread streams layer l while layer l + 1 computes. Decode steps run as graphs report
+// ReadKvLayer of the layer waits for the event on the device when the step in flight
+// writes the blocks it reads (StepKvWrites), so a prefill worker's transfer thread streams
+// layer l while layer l + 1 computes, and a read after the step does not wait for the next. Decode steps run as graphs report
 // nothing (the engine reports the layers after Forward returns).
 class CudaModelRunner : public ModelRunner {
  public:
@@ -275,6 +277,9 @@ class CudaModelRunner : public ModelRunner {
   std::atomic<int64_t> kv_memcpy_copies_{0};
   // [n_layers]: recorded on stream_ after the layer's KV write of each eager step.
   std::vector<cudaEvent_t> layer_events_;
+  // The blocks the eager step in flight writes (graph-replayed decode steps write only
+  // their own sequences' newest slots, which no transfer reads).
+  StepKvWrites step_writes_;
   int64_t layers_notified_ = 0;
 
   // Host-side step bookkeeping.
