@@ -116,6 +116,40 @@ bool BitIdentical(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// One sequence's KV: its blocks on the prefill runner, the blocks it goes into on the
+// decode runner, its token count.
+struct Move {
+  std::vector<int32_t> sent;
+  std::vector<int32_t> into;
+  int64_t tokens;
+};
+
+// Runs `moves` in order over one sender/receiver pair (the sender in its own thread) and
+// checks every layer arrived byte for byte.
+void TransferAll(Worker& prefill, Worker& decode, LayerSender& sender, LayerReceiver& receiver,
+                 const std::vector<Move>& moves) {
+  std::thread sender_thread([&] {
+    for (const Move& m : moves) {
+      ASSERT_TRUE(sender.Begin(m.sent, m.tokens).ok());
+      ASSERT_TRUE(sender.SendRemainingLayers(In(absl::Seconds(10))).ok());
+    }
+  });
+  for (size_t t = 0; t < moves.size(); ++t) {
+    const Move& m = moves[t];
+    const bool received = receiver.Begin(m.into, m.tokens).ok() &&
+                          receiver.RecvRemainingLayers(In(absl::Seconds(10))).ok();
+    EXPECT_TRUE(received) << "transfer " << t;
+    if (!received) break;  // the sender fails at its deadline; join it below
+    for (int l = 0; l < prefill.runner->config().n_layers; ++l) {
+      std::vector<uint8_t> a(prefill.runner->KvLayerBytes(m.sent.size())), b(a.size());
+      ASSERT_TRUE(prefill.runner->ReadKvLayer(l, m.sent, a.data()).ok());
+      ASSERT_TRUE(decode.runner->ReadKvLayer(l, m.into, b.data()).ok());
+      EXPECT_TRUE(a == b) << "transfer " << t << " layer " << l;
+    }
+  }
+  sender_thread.join();
+}
+
 TEST(LayerTransferTest, DisaggregatedDecodeMatchesLocalDecodeBitForBit) {
   const ModelConfig config = *ModelConfig::Preset("tiny");
   Worker prefill(config), decode(config), cold(config);
@@ -179,27 +213,9 @@ TEST(LayerTransferTest, ReusesStagingAcrossTransfers) {
   auto receiver =
       LayerReceiver::Create(decode.runner.get(), layout, layout, pair.decode_side.get());
   ASSERT_TRUE(sender.ok() && receiver.ok());
-  // Three transfers of shrinking sequences over one channel, the sender in its own thread.
-  const std::vector<std::vector<int32_t>> sent = {{0, 1, 2, 3}, {1, 2}, {3}};
-  const std::vector<std::vector<int32_t>> into = {{9, 8, 7, 6}, {20, 21}, {40}};
-  const std::vector<int64_t> tokens = {50, 20, 16};
-  std::thread sender_thread([&] {
-    for (size_t t = 0; t < sent.size(); ++t) {
-      ASSERT_TRUE((*sender)->Begin(sent[t], tokens[t]).ok());
-      ASSERT_TRUE((*sender)->SendRemainingLayers(In(absl::Seconds(10))).ok());
-    }
-  });
-  for (size_t t = 0; t < sent.size(); ++t) {
-    ASSERT_TRUE((*receiver)->Begin(into[t], tokens[t]).ok());
-    ASSERT_TRUE((*receiver)->RecvRemainingLayers(In(absl::Seconds(10))).ok());
-    for (int l = 0; l < config.n_layers; ++l) {
-      std::vector<uint8_t> a(prefill.runner->KvLayerBytes(sent[t].size())), b(a.size());
-      ASSERT_TRUE(prefill.runner->ReadKvLayer(l, sent[t], a.data()).ok());
-      ASSERT_TRUE(decode.runner->ReadKvLayer(l, into[t], b.data()).ok());
-      EXPECT_TRUE(a == b) << "transfer " << t << " layer " << l;
-    }
-  }
-  sender_thread.join();
+  // Three transfers of shrinking sequences over one channel.
+  TransferAll(prefill, decode, **sender, **receiver,
+              {{{0, 1, 2, 3}, {9, 8, 7, 6}, 50}, {{1, 2}, {20, 21}, 20}, {{3}, {40}, 16}});
 }
 
 // Host memory from malloc, counted: what a pinned-memory allocator is to a GPU runner.
@@ -240,26 +256,8 @@ TEST(LayerTransferTest, StagesInTheAllocatorsMemoryWhenGivenOne) {
                                           pair.decode_side.get(), receiver_options);
     ASSERT_TRUE(sender.ok() && receiver.ok());
     // A small transfer, then a larger one: both fit the first (1 MiB) buffer.
-    const std::vector<std::vector<int32_t>> sent = {{2}, {0, 1, 2, 3}};
-    const std::vector<std::vector<int32_t>> into = {{30}, {9, 8, 7, 6}};
-    const std::vector<int64_t> tokens = {16, 50};
-    std::thread sender_thread([&] {
-      for (size_t t = 0; t < sent.size(); ++t) {
-        ASSERT_TRUE((*sender)->Begin(sent[t], tokens[t]).ok());
-        ASSERT_TRUE((*sender)->SendRemainingLayers(In(absl::Seconds(10))).ok());
-      }
-    });
-    for (size_t t = 0; t < sent.size(); ++t) {
-      ASSERT_TRUE((*receiver)->Begin(into[t], tokens[t]).ok());
-      ASSERT_TRUE((*receiver)->RecvRemainingLayers(In(absl::Seconds(10))).ok());
-      for (int l = 0; l < config.n_layers; ++l) {
-        std::vector<uint8_t> a(prefill.runner->KvLayerBytes(sent[t].size())), b(a.size());
-        ASSERT_TRUE(prefill.runner->ReadKvLayer(l, sent[t], a.data()).ok());
-        ASSERT_TRUE(decode.runner->ReadKvLayer(l, into[t], b.data()).ok());
-        EXPECT_TRUE(a == b) << "transfer " << t << " layer " << l;
-      }
-    }
-    sender_thread.join();
+    TransferAll(prefill, decode, **sender, **receiver,
+                {{{2}, {30}, 16}, {{0, 1, 2, 3}, {9, 8, 7, 6}, 50}});
     EXPECT_EQ(sender_memory.allocations, 1);
     EXPECT_EQ(receiver_memory.allocations, 1);
   }
