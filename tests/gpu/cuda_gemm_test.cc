@@ -154,11 +154,21 @@ TEST(SmallBatchLinearTest, LinearRoutesSmallBatchesAndIsDeterministic) {
   SYNC_OR_FAIL();
   const std::vector<float> ga = a.Download(), gb = b.Download(), gc = c.Download();
   EXPECT_EQ(ga, gc) << "the small-batch kernel is not deterministic";
+  // Two fp32 summation orders differ by at most ~in·2^-24·Σ|x·w| (a random walk makes it
+  // ~sqrt(in)·2^-24·Σ|x·w| in practice): measured against Σ|x·w|, not |y|, so an output
+  // that cancels to near zero cannot fail the comparison by itself.
   double worst = 0;
-  for (size_t i = 0; i < ga.size(); ++i) {
-    worst = std::max(worst, std::abs(double{ga[i]} - gb[i]) / (std::abs(double{gb[i]}) + 1e-2));
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t o = 0; o < out; ++o) {
+      double abs_sum = 0;
+      for (int64_t k = 0; k < in; ++k) {
+        abs_sum += std::abs(double{x.values[r * in + k]} * w.values[o * in + k]);
+      }
+      const size_t i = static_cast<size_t>(r * out + o);
+      worst = std::max(worst, std::abs(double{ga[i]} - gb[i]) / (abs_sum + 1e-30));
+    }
   }
-  EXPECT_LT(worst, 1e-4) << "small-batch kernel vs cuBLAS";
+  EXPECT_LT(worst, 2e-5) << "small-batch kernel vs cuBLAS, relative to sum |x*w|";
 }
 
 // Refusals happen on the host, before any launch: this runs without a GPU.
