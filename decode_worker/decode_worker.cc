@@ -82,7 +82,8 @@ grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
   ticket->local = request->prefill_locally();
   ticket->num_prompt_tokens = static_cast<int32_t>(generation.prompt_tokens.size());
   ticket->reserved_at = absl::Now();
-  ticket->deadline = ticket->reserved_at + absl::Seconds(std::min(deadline_s, 3600.0));
+  ticket->lease = absl::Seconds(std::min(deadline_s, 3600.0));
+  ticket->deadline = ticket->reserved_at + ticket->lease;
   std::string address;
   {
     absl::MutexLock lock(&mu_);
@@ -120,6 +121,43 @@ grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
   out->set_ticket_id(ticket->id);
   out->set_decode_address(address);
   out->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
+  out->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeWorker::Renew(grpc::ServerContext* context, const v1::RenewRequest* request,
+                                 v1::RenewResponse* response) {
+  // The engine's own deadline (its safety net) moves with the ticket's, on its thread.
+  loop_->Call([&](Engine& engine) {
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&mu_);
+    for (uint64_t id : request->ticket_ids()) {
+      auto it = tickets_.find(id);
+      Ticket* ticket = it == tickets_.end() ? nullptr : it->second.get();
+      // Receiving: the transfer's own deadlines govern it now, and nothing is lost yet.
+      const bool waiting = ticket != nullptr && !ticket->cancelled && !ticket->local &&
+                           (ticket->state == Ticket::State::kReserved ||
+                            ticket->state == Ticket::State::kReceiving);
+      if (!waiting) {
+        response->add_lost_ticket_ids(id);
+        continue;
+      }
+      if (ticket->state == Ticket::State::kReserved) {
+        ticket->deadline = std::max(ticket->deadline, now + ticket->lease);
+        if (!engine.ExtendReservation(ticket->engine_id, ticket->deadline + kEngineDeadlineSlack)
+                 .ok()) {
+          response->add_lost_ticket_ids(id);
+          continue;
+        }
+      }
+      v1::Ticket* renewed = response->add_renewed();
+      renewed->set_request_id(ticket->request_id);
+      renewed->set_ticket_id(ticket->id);
+      renewed->set_decode_address(address_);
+      renewed->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
+      renewed->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
+    }
+  });
   return grpc::Status::OK;
 }
 

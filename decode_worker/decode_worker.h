@@ -56,6 +56,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
 
   grpc::Status Reserve(grpc::ServerContext* context, const v1::ReserveRequest* request,
                        v1::ReserveResponse* response) override;
+  grpc::Status Renew(grpc::ServerContext* context, const v1::RenewRequest* request,
+                     v1::RenewResponse* response) override;
   grpc::Status Stream(grpc::ServerContext* context, const v1::DecodeStreamRequest* request,
                       grpc::ServerWriter<v1::DecodeEvent>* writer) override;
   grpc::Status Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
@@ -83,7 +85,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
     std::vector<int32_t> blocks;  // remote: where the prompt's KV goes
     int32_t num_prompt_tokens = 0;
     absl::Time reserved_at;
-    absl::Time deadline;  // the Stream must open (and the KV arrive) by then
+    absl::Duration lease;  // Reserve's deadline_s; Renew starts it again
+    absl::Time deadline;   // the Stream must open (and the KV begin to arrive) by then
     bool stream_open = false;
     bool stream_closed = false;  // its Stream handler returned
     bool cancelled = false;

@@ -279,6 +279,16 @@ std::vector<RequestOutput> Engine::TakePendingOutputs() {
   return outputs;
 }
 
+absl::Status Engine::ExtendReservation(RequestId id, absl::Time deadline) {
+  auto it = reserved_.find(id);
+  if (it == reserved_.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("no reservation %d (cancelled, expired or already admitted)", id));
+  }
+  it->second.deadline = std::max(it->second.deadline, deadline);
+  return absl::OkStatus();
+}
+
 void Engine::CancelReservation(RequestId id) {
   if (reserved_.erase(id) == 0) return;
   kv_cache_->Free(id);

@@ -123,6 +123,9 @@ class Engine {
   // The prompt's KV is in the reserved blocks: the request joins the running batch with the
   // first token the prefill worker sampled (its text comes out of the next Step).
   absl::Status AdmitPrefilled(RequestId id, int32_t first_token);
+  // Moves a reservation's deadline to `deadline` if that is later (a renewed lease).
+  // NOT_FOUND when it is no longer reserved (admitted, cancelled or expired).
+  absl::Status ExtendReservation(RequestId id, absl::Time deadline);
   // Frees a reservation whose transfer failed or was cancelled.
   void CancelReservation(RequestId id);
   // Outputs produced between steps (the first token of an admitted request, aborts), which

@@ -33,8 +33,20 @@ PrefillWorker::PrefillWorker(std::unique_ptr<Engine> engine, const PrefillWorker
 
 PrefillWorker::~PrefillWorker() { Stop(); }
 
-void PrefillWorker::Start() { loop_->Start(); }
-void PrefillWorker::Stop() { loop_->Stop(); }
+void PrefillWorker::Start() {
+  loop_->Start();
+  renewer_ = std::thread([this] { RenewLeases(); });
+}
+
+void PrefillWorker::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    renew_changed_.SignalAll();
+  }
+  if (renewer_.joinable()) renewer_.join();
+  loop_->Stop();
+}
 
 v1::WorkerLoad PrefillWorker::CurrentLoad() const {
   v1::WorkerLoad load = WorkerLoadFromStats(loop_->stats());
@@ -91,11 +103,13 @@ void PrefillWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& output
   }
 }
 
-absl::Status PrefillWorker::WaitFor(Job& job, grpc::ServerContext* context, absl::Time deadline,
+absl::Status PrefillWorker::WaitFor(Job& job, grpc::ServerContext* context, absl::Time call_deadline,
                                     const std::function<bool()>& ready) {
   while (true) {
+    absl::Time deadline;
     {
       absl::MutexLock lock(&mu_);
+      deadline = std::min(call_deadline, job.deadline);  // renewals move job.deadline
       auto done = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return ready() || job.cancelled || job.finish_reason == FinishReason::kAborted;
       };
@@ -115,6 +129,83 @@ absl::Status PrefillWorker::WaitFor(Job& job, grpc::ServerContext* context, absl
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError("prefill did not finish before its deadline");
     }
+  }
+}
+
+void PrefillWorker::RenewLeases() {
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    const absl::Time now = absl::Now();
+    absl::Time wake = now + absl::Seconds(1);
+    absl::flat_hash_map<std::string, std::vector<std::shared_ptr<Job>>> due;
+    for (const auto& [request_id, job] : by_request_id_) {
+      if (!job->renewing || job->cancelled) continue;
+      if (job->renew_at <= now) {
+        due[job->decode_address].push_back(job);
+      } else {
+        wake = std::min(wake, job->renew_at);
+      }
+    }
+    if (due.empty()) {
+      renew_changed_.WaitWithDeadline(&mu_, wake);
+      continue;
+    }
+    mu_.Unlock();
+    for (const auto& [address, jobs] : due) RenewAt(address, jobs);
+    mu_.Lock();
+  }
+}
+
+void PrefillWorker::RenewAt(const std::string& decode_address,
+                            const std::vector<std::shared_ptr<Job>>& jobs) {
+  std::unique_ptr<v1::Decode::Stub>& stub = decode_stubs_[decode_address];
+  if (stub == nullptr) {
+    stub = v1::Decode::NewStub(grpc::CreateChannel(
+        decode_address, options_.kv_channel_credentials != nullptr
+                            ? options_.kv_channel_credentials
+                            : grpc::InsecureChannelCredentials()));
+  }
+  v1::RenewRequest request;
+  absl::Duration shortest = absl::Seconds(1);
+  for (const std::shared_ptr<Job>& job : jobs) {
+    request.add_ticket_ids(job->ticket_id);
+    shortest = std::min(shortest, job->lease / 3);
+  }
+  const absl::Time sent = absl::Now();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(sent + shortest));
+  v1::RenewResponse response;
+  const grpc::Status status = stub->Renew(&context, request, &response);
+
+  absl::MutexLock lock(&mu_);
+  auto find = [&](uint64_t ticket_id) -> Job* {
+    for (const std::shared_ptr<Job>& job : jobs) {
+      if (job->ticket_id == ticket_id) return job.get();
+    }
+    return nullptr;
+  };
+  if (!status.ok()) {
+    // The decode worker may be busy or gone: try again soon; the lease runs out otherwise.
+    for (const std::shared_ptr<Job>& job : jobs) {
+      job->renew_at = absl::Now() + std::max(job->lease / 10, absl::Milliseconds(5));
+    }
+    LOG(WARNING) << "renewing " << jobs.size() << " reservations on " << decode_address
+                 << " failed: " << status.error_message();
+    return;
+  }
+  for (const v1::Ticket& renewed : response.renewed()) {
+    Job* job = find(renewed.ticket_id());
+    if (job == nullptr || !job->renewing) continue;
+    // The decode worker's lease started after `sent`: counting from `sent` is on the safe side.
+    job->deadline = sent + job->lease;
+    job->renew_at = sent + job->lease / 3;
+  }
+  for (uint64_t ticket_id : response.lost_ticket_ids()) {
+    Job* job = find(ticket_id);
+    if (job == nullptr || !job->renewing) continue;
+    LOG(WARNING) << "prefill of " << job->request_id << " stopped: decode worker "
+                 << decode_address << " no longer holds ticket " << ticket_id;
+    job->cancelled = true;
   }
 }
 
@@ -148,12 +239,17 @@ absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
   {
     absl::MutexLock lock(&mu_);
     blocks = job.blocks;
+    job.renewing = false;  // from Begin on, the transfer's own deadlines govern
   }
   if (absl::Status begun = channel.Begin(ticket.ticket_id(), blocks, job.num_prompt_tokens,
                                          reply_deadline());
       !begun.ok()) {
     metrics_->CountTransfer(channel.broken() ? "failed" : "refused");
     return begun;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    job.deadline = absl::InfiniteFuture();
   }
   const absl::Time begun_at = absl::Now();
   const double layer_bytes =
@@ -209,6 +305,18 @@ grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
   auto job = std::make_shared<Job>();
   job->request_id = request->request_id();
   job->num_prompt_tokens = static_cast<int32_t>(generation.prompt_tokens.size());
+  const v1::Ticket& ticket = request->ticket();
+  job->ticket_id = ticket.ticket_id();
+  job->decode_address = ticket.decode_address();
+  job->deadline = absl::UnixEpoch() + absl::Seconds(ticket.deadline_unix_s());
+  job->lease = absl::Seconds(ticket.lease_s());
+  if (job->lease > absl::ZeroDuration()) {
+    // By this worker's clock: at most a lease from now (the clocks may differ).
+    job->deadline = std::min(job->deadline, start + job->lease);
+    job->renew_at = job->deadline - job->lease * 2 / 3;
+  } else {
+    job->renewing = false;  // a ticket without a lease is not renewed
+  }
   {
     absl::MutexLock lock(&mu_);
     if (by_request_id_.contains(job->request_id)) {
@@ -216,6 +324,7 @@ grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
                           Cat("request ", job->request_id, " is already being prefilled here"));
     }
     by_request_id_[job->request_id] = job;
+    renew_changed_.SignalAll();
   }
   absl::Status added = loop_->Call([&](Engine& engine) -> absl::Status {
     absl::StatusOr<RequestId> id = engine.AddRequest(std::move(generation));
@@ -230,10 +339,7 @@ grpc::Status PrefillWorker::Prefill(grpc::ServerContext* context,
   absl::Status status = added;
   absl::Time acked;
   if (status.ok()) {
-    const absl::Time deadline =
-        std::min(absl::FromUnixSeconds(0) + absl::Seconds(request->ticket().deadline_unix_s()),
-                 absl::FromChrono(context->deadline()));
-    status = Transfer(*job, request->ticket(), context, deadline);
+    status = Transfer(*job, ticket, context, absl::FromChrono(context->deadline()));
     acked = absl::Now();
   }
 

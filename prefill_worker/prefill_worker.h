@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -75,11 +76,25 @@ class PrefillWorker final : public v1::Prefill::Service,
     FinishReason finish_reason = FinishReason::kNone;
     absl::Time prefill_done;
     bool cancelled = false;
+    // The decode reservation this prompt's KV goes to, kept alive by Renew calls until the
+    // transfer begins (RenewLeases).
+    uint64_t ticket_id = 0;
+    std::string decode_address;
+    absl::Duration lease;
+    absl::Time deadline;   // of the reservation, by this worker's clock; then the transfer's
+    bool renewing = true;  // until Begin is sent
+    absl::Time renew_at;
   };
 
   void OnKvLayer(int layer, absl::Span<const Engine::KvLayerReady> ready);
+  // The renewer thread: renews the reservations of queued prompts a third of a lease
+  // before they would lapse, one Decode.Renew per decode worker; a ticket the decode worker
+  // reports lost cancels its prefill.
+  void RenewLeases();
+  void RenewAt(const std::string& decode_address, const std::vector<std::shared_ptr<Job>>& jobs);
   void OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs);
-  // Waits until `ready` holds, the job is cancelled, the call is cancelled or `deadline`.
+  // Waits until `ready` holds, the job is cancelled, the call is cancelled, `deadline` or
+  // the job's own deadline (its reservation's, renewed).
   absl::Status WaitFor(Job& job, grpc::ServerContext* context, absl::Time deadline,
                        const std::function<bool()>& ready) ABSL_LOCKS_EXCLUDED(mu_);
   // Streams the job's KV over the channel to its decode worker (layers as they become
@@ -107,6 +122,12 @@ class PrefillWorker final : public v1::Prefill::Service,
   absl::Mutex channels_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<ChannelSlot>> channels_
       ABSL_GUARDED_BY(channels_mu_);
+
+  // The renewer (RenewLeases) and the Decode stubs it calls.
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::CondVar renew_changed_;  // with mu_: a new job, or stopping
+  absl::flat_hash_map<std::string, std::unique_ptr<v1::Decode::Stub>> decode_stubs_;
+  std::thread renewer_;
 };
 
 }  // namespace tandem

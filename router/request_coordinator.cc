@@ -28,14 +28,12 @@ constexpr absl::Duration kBackoffMin = absl::Milliseconds(10);
 constexpr absl::Duration kBackoffMax = absl::Milliseconds(200);
 constexpr absl::Duration kCancelPoll = absl::Milliseconds(20);
 constexpr absl::Duration kPrefillRetryPause = absl::Milliseconds(20);
-// A Prefill call may run this much past the reservation's deadline before it is cut off
-// (the decode worker frees the reservation at the deadline anyway).
-constexpr absl::Duration kPrefillSlack = absl::Seconds(5);
 // How long a prefill that failed for good waits for D's first token before the router
 // gives up on the leg (see RunPrefill).
 constexpr absl::Duration kTokenGrace = absl::Milliseconds(200);
 // How many times a request is placed again after its decode reservation expired before
-// its KV arrived (the prefill queue outlasted the deadline) before it fails UNAVAILABLE.
+// its KV arrived (no prefill worker renewed it: stopped, unreachable, or the call to it slow)
+// before it fails UNAVAILABLE.
 constexpr int kMaxExpiredReservations = 3;
 
 // A client context that inherits the client's deadline and cancellation: when the client
@@ -268,12 +266,12 @@ grpc::Status GenerateCall::Run() {
       case LegEnd::kError:
         return ToGrpcStatus(result.status);
       case LegEnd::kReservationExpired:
-        // D is healthy: it freed the blocks because the prefill came too late. The request
+        // D is healthy: it freed the blocks because nobody renewed the lease. The request
         // goes back through the gate and is placed again (any D, this one included).
         if (++expired_reservations_ > kMaxExpiredReservations) {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               Cat(result.status.message(), " (", kMaxExpiredReservations + 1,
-                                  " times: the prefill workers are overloaded)"));
+                                  " times: no prefill worker kept the reservation alive)"));
         }
         LOG(WARNING) << request_id_ << ": " << result.status.message()
                      << "; placing the request again";
@@ -451,8 +449,9 @@ GenerateCall::LegResult GenerateCall::RunLeg(Leg& leg) {
     CancelLeg(leg, prefill);
     return {LegEnd::kClientGone, absl::CancelledError("the client cancelled the request")};
   }
-  // D's reservation expired before the KV arrived: a prefill queue longer than the
-  // reservation deadline, not a failed D.
+  // D's reservation expired before the KV arrived: no prefill worker renewed the lease (one
+  // that stopped or cannot reach D, or a lease shorter than the router-to-P hand-off), not
+  // a failed D.
   if (!final.has_value() && !leg.local && generated_.size() == generated_before &&
       stream_status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
     return {LegEnd::kReservationExpired, FromGrpcStatus(stream_status)};
@@ -539,8 +538,9 @@ void GenerateCall::RunPrefill(const Leg& leg, PrefillState& state,
               : Cat("no prefill worker registered (mode ", RouterModeName(mode_), ")"));
       break;
     }
-    std::unique_ptr<grpc::ClientContext> call =
-        ChildContext(context_, options.reservation_deadline + kPrefillSlack);
+    // The prefill worker keeps D's reservation alive while it holds the prompt: the call is
+    // bounded by its own timeout (and the client's deadline), not by the reservation's.
+    std::unique_ptr<grpc::ClientContext> call = ChildContext(context_, options.prefill_timeout);
     {
       absl::MutexLock lock(&state.mu);
       if (state.abandoned) return;

@@ -53,7 +53,11 @@ std::vector<FlagSpec> RouterFlagSpecs() {
       {"heartbeat-interval", false, "seconds between worker heartbeats (default 0.5)"},
       {"auto-local-max-tokens", false,
        "auto mode: prefill on the decode worker up to this many prompt tokens (default 256)"},
-      {"reservation-deadline", false, "seconds a decode reservation waits for its KV (default 30)"},
+      {"reservation-deadline", false,
+       "seconds a decode reservation waits for its KV unless the prefill worker holding the "
+       "prompt renews it (default 30)"},
+      {"prefill-timeout", false,
+       "seconds one prefill call may take, queue included, before it is cancelled (default 300)"},
       {"queue-timeout", false,
        "seconds a request waits for a decode worker with room (default 60)"},
       {"prefill-queue-tokens", false,
@@ -113,6 +117,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const Args& args) {
   }
   o.auto_local_max_tokens = static_cast<int>(local_max);
   ASSIGN_OR_RETURN(o.reservation_deadline, PositiveSeconds(args, "reservation-deadline", 30));
+  ASSIGN_OR_RETURN(o.prefill_timeout, PositiveSeconds(args, "prefill-timeout", 300));
   ASSIGN_OR_RETURN(o.queue_timeout, PositiveSeconds(args, "queue-timeout", 60));
   ASSIGN_OR_RETURN(o.prefill_queue_tokens,
                    args.GetInt("prefill-queue-tokens", o.prefill_queue_tokens));

@@ -33,7 +33,12 @@ struct RouterOptions {
   int max_queue = 256;  // requests admitted and not finished; beyond: RESOURCE_EXHAUSTED
   absl::Duration heartbeat_interval = absl::Milliseconds(500);
   int auto_local_max_tokens = 256;  // auto mode: prefill on D up to this many prompt tokens
-  absl::Duration reservation_deadline = absl::Seconds(30);  // Reserve's deadline_s
+  // Reserve's deadline_s: the lease of a decode reservation, which the prefill worker holding
+  // its prompt renews (Decode.Renew) until the KV begins to arrive.
+  absl::Duration reservation_deadline = absl::Seconds(30);
+  // The most one Prefill call may take (waiting in the prefill worker's queue, computing,
+  // handing the KV over) before the router cancels it.
+  absl::Duration prefill_timeout = absl::Seconds(300);
   absl::Duration queue_timeout = absl::Seconds(60);         // waiting for a decode worker with room
   int prefill_tries = 3;
   // Prompt tokens each serving prefill worker may have queued before requests wait in the

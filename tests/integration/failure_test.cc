@@ -284,25 +284,35 @@ TEST(FailureTest, KilledOnlyDecodeWorkerEndsTheCallUnavailable) {
   EXPECT_OK(cluster.WaitForIdle());
 }
 
-// A decode reservation that expires before its KV arrives (a prefill queue longer than
-// --reservation-deadline) is not a failed decode worker: the router places the request
-// again, a bounded number of times, then ends it with UNAVAILABLE. Every try's blocks come
-// back on both workers.
-TEST(FailureTest, ExpiredReservationsArePlacedAgainThenEndUnavailable) {
+// Decode reservations are leases that the prefill worker holding the prompt renews: with
+// a 50 ms lease a ~900-token prefill (far longer on one CPU thread) still completes. A
+// prefill worker that stops (SIGSTOP: alive, silent) renews nothing, so its reservation
+// expires; that is not a failed decode worker: the router places the request again, a
+// bounded number of times, then ends it with UNAVAILABLE. Every try's blocks come back on
+// both workers once the prefill worker runs again.
+TEST(FailureTest, LeasesAreRenewedWhileAPrefillWorkerHoldsThePrompt) {
   ASSERT_OK_AND_ASSIGN(ReferenceModel * ref, ReferenceModel::Default());
-  // ~900 tokens: on one CPU thread the prefill takes far longer than the 50 ms deadline.
   const std::vector<int32_t> ids =
       ref->TokenizePrompt(LongText("A very long ledger of the harbor's cargo:", 600));
   ASSERT_GT(ids.size(), 600u);
+  ASSERT_OK_AND_ASSIGN(ReferenceOutput expected, ref->Greedy(ids, 8));
 
   ClusterOptions options = WithWorkers(1, 1);
   options.router_flags = {"--reservation-deadline", "0.05"};
   Cluster cluster(options);
   ASSERT_OK(cluster.Start());
 
+  GenerateResult renewed = cluster.Generate(GreedyTokens(ids, 8));
+  ASSERT_TRUE(renewed.ok()) << renewed.Describe();
+  EXPECT_EQ(renewed.token_ids, expected.tokens);
+  std::fprintf(stderr, "renewed leases: %s\n", renewed.Describe().c_str());
+
+  Worker* prefill = cluster.prefill_workers()[0];
+  prefill->process->Signal(SIGSTOP);
   const absl::Time start = absl::Now();
   GenerateResult result = cluster.Generate(GreedyTokens(ids, 8));
   const absl::Duration took = absl::Now() - start;
+  prefill->process->Signal(SIGCONT);
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE) << result.Describe();
   // One placement and three more, each ended by the decode worker's expiry.
   EXPECT_NE(result.status.error_message().find("4 times"), std::string::npos)
@@ -311,11 +321,11 @@ TEST(FailureTest, ExpiredReservationsArePlacedAgainThenEndUnavailable) {
       << result.Describe();
   EXPECT_TRUE(result.token_ids.empty()) << result.Describe();
   EXPECT_LT(took, absl::Seconds(60)) << result.Describe();
-  std::fprintf(stderr, "expired reservations: the call ended after %s: %s\n",
+  std::fprintf(stderr, "stopped prefill worker: the call ended after %s: %s\n",
                absl::FormatDuration(took).c_str(), result.Describe().c_str());
 
   // Nothing leaked: the decode worker freed every expired reservation, the prefill worker
-  // every abandoned prefill.
+  // (running again) every prefill the router abandoned.
   EXPECT_OK(cluster.WaitForIdle(absl::Seconds(30)));
 }
 

@@ -176,6 +176,25 @@ TEST(DisaggregatedEngineTest, ExpiredAndCancelledReservationsFreeTheirBlocks) {
   EXPECT_FALSE(decode->HasWork());
 }
 
+TEST(DisaggregatedEngineTest, ExtendedReservationOutlivesItsFirstDeadline) {
+  auto decode = MakeEngine();
+  auto renewed = decode->Reserve(Greedy(40, 8), absl::Now() + absl::Milliseconds(20));
+  ASSERT_TRUE(renewed.ok());
+  ASSERT_TRUE(decode->ExtendReservation(renewed->id, absl::Now() + absl::Seconds(30)).ok());
+  // An earlier deadline never shortens it.
+  ASSERT_TRUE(decode->ExtendReservation(renewed->id, absl::Now()).ok());
+  absl::SleepFor(absl::Milliseconds(30));
+  auto outputs = decode->Step();
+  ASSERT_TRUE(outputs.ok());
+  EXPECT_TRUE(outputs->empty());
+  EXPECT_EQ(decode->stats().free_kv_blocks, 64 - 3);
+  // Still admissible; afterwards there is nothing left to extend.
+  ASSERT_TRUE(decode->AdmitPrefilled(renewed->id, 5).ok());
+  EXPECT_EQ(decode->ExtendReservation(renewed->id, absl::Now() + absl::Seconds(30)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(decode->ExtendReservation(12345, absl::Now()).code(), absl::StatusCode::kNotFound);
+}
+
 TEST(DisaggregatedEngineTest, ReservationRefusedWhenTheCacheIsFull) {
   auto decode = MakeEngine();
   // 64 blocks of 16 tokens: two 480-token prompts take 60, a third does not fit.

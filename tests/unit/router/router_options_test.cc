@@ -35,6 +35,7 @@ TEST(RouterOptionsTest, DefaultsFollowServingMd) {
   EXPECT_EQ(o->heartbeat_interval, absl::Milliseconds(500));
   EXPECT_EQ(o->auto_local_max_tokens, 256);
   EXPECT_EQ(o->reservation_deadline, absl::Seconds(30));
+  EXPECT_EQ(o->prefill_timeout, absl::Seconds(300));
   EXPECT_EQ(o->queue_timeout, absl::Seconds(60));
 }
 
@@ -42,7 +43,8 @@ TEST(RouterOptionsTest, ParsesEveryFlag) {
   absl::StatusOr<RouterOptions> o = Parse(
       {"--port", "0", "--host", "127.0.0.1", "--model", "/m.gguf", "--mode=auto",
        "--prefill-policy", "round_robin", "--max-queue", "8", "--heartbeat-interval", "0.1",
-       "--auto-local-max-tokens", "64", "--reservation-deadline", "5", "--queue-timeout", "2.5"});
+       "--auto-local-max-tokens", "64", "--reservation-deadline", "5", "--queue-timeout", "2.5",
+       "--prefill-timeout", "90"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->port, 0);
   EXPECT_EQ(o->host, "127.0.0.1");
@@ -54,6 +56,7 @@ TEST(RouterOptionsTest, ParsesEveryFlag) {
   EXPECT_EQ(o->auto_local_max_tokens, 64);
   EXPECT_EQ(o->reservation_deadline, absl::Seconds(5));
   EXPECT_EQ(o->queue_timeout, absl::Milliseconds(2500));
+  EXPECT_EQ(o->prefill_timeout, absl::Seconds(90));
 }
 
 TEST(RouterOptionsTest, BadValuesNameTheFlag) {
@@ -65,6 +68,7 @@ TEST(RouterOptionsTest, BadValuesNameTheFlag) {
       {"--heartbeat-interval", "0"},
       {"--queue-timeout", "-1"},
       {"--reservation-deadline", "abc"},
+      {"--prefill-timeout", "0"},
       {"--auto-local-max-tokens", "-5"},
   };
   for (const auto& words : bad) {

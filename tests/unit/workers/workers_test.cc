@@ -101,14 +101,14 @@ class WorkersTest : public ::testing::Test {
 
   // Reserve on D, open its stream, prefill on P: what the router does for one request.
   Result RunDisaggregated(const std::vector<int32_t>& prompt, int max_tokens,
-                          int cancel_after_tokens = -1) {
+                          int cancel_after_tokens = -1, double lease_s = 30) {
     Result result;
     v1::ReserveRequest reserve;
     reserve.set_request_id("r" + std::to_string(next_request_++));
     reserve.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
     reserve.mutable_sampling()->set_max_tokens(max_tokens);
     reserve.mutable_sampling()->set_temperature(0);
-    reserve.set_deadline_s(30);
+    reserve.set_deadline_s(lease_s);
     v1::ReserveResponse reserved;
     {
       grpc::ClientContext context;
@@ -219,6 +219,68 @@ TEST_F(WorkersTest, UnusedReservationExpires) {
   absl::SleepFor(absl::Milliseconds(400));
   EXPECT_EQ(DecodeLoad().free_kv_blocks(), decode_free);
   EXPECT_EQ(decode_->num_requests(), 0);
+}
+
+// A reservation's lease is shorter than the prefill of its prompt: the prefill worker
+// renews it while the prompt waits and computes, and the request completes as usual.
+TEST_F(WorkersTest, PrefillWorkerRenewsTheReservationItHolds) {
+  std::vector<int32_t> prompt = ChatTokens("Tell me about the river, the stone and the lantern.");
+  while (prompt.size() < 700) prompt.push_back(prompt[prompt.size() % 20 + 1]);
+  GenerationRequest request;
+  request.prompt_tokens = prompt;
+  request.params.max_tokens = 8;
+  request.params.sampling.temperature = 0;
+  auto expected = reference_->Generate(request);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  const absl::Time start = absl::Now();
+  Result result = RunDisaggregated(prompt, 8, -1, /*lease_s=*/0.15);
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  // The prefill alone outlasted several leases.
+  EXPECT_GT(absl::Now() - start, absl::Milliseconds(450));
+  EXPECT_EQ(result.tokens, expected->tokens);
+  EXPECT_EQ(decode_->num_requests(), 0);
+  EXPECT_EQ(prefill_->num_requests(), 0);
+}
+
+TEST_F(WorkersTest, RenewReportsTicketsItNoLongerHolds) {
+  v1::ReserveRequest reserve;
+  reserve.set_request_id("renewed");
+  for (int i = 0; i < 20; ++i) reserve.add_prompt_token_ids(100 + i);
+  reserve.mutable_sampling()->set_max_tokens(4);
+  reserve.set_deadline_s(0.2);
+  v1::ReserveResponse reserved;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(decode_stub_->Reserve(&context, reserve, &reserved).ok());
+  }
+  EXPECT_DOUBLE_EQ(reserved.ticket().lease_s(), 0.2);
+  const uint64_t id = reserved.ticket().ticket_id();
+  // Renewed twice across its first deadline: still held.
+  for (int i = 0; i < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(120));
+    v1::RenewRequest renew;
+    renew.add_ticket_ids(id);
+    renew.add_ticket_ids(987654);  // never reserved
+    v1::RenewResponse renewed;
+    grpc::ClientContext context;
+    ASSERT_TRUE(decode_stub_->Renew(&context, renew, &renewed).ok());
+    ASSERT_EQ(renewed.renewed_size(), 1);
+    EXPECT_EQ(renewed.renewed(0).ticket_id(), id);
+    EXPECT_GT(renewed.renewed(0).deadline_unix_s(), reserved.ticket().deadline_unix_s());
+    ASSERT_EQ(renewed.lost_ticket_ids_size(), 1);
+    EXPECT_EQ(renewed.lost_ticket_ids(0), 987654u);
+  }
+  EXPECT_EQ(decode_->num_requests(), 1);
+  // Left alone it expires, and a later renewal reports it lost.
+  absl::SleepFor(absl::Milliseconds(400));
+  EXPECT_EQ(decode_->num_requests(), 0);
+  v1::RenewRequest renew;
+  renew.add_ticket_ids(id);
+  v1::RenewResponse renewed;
+  grpc::ClientContext context;
+  ASSERT_TRUE(decode_stub_->Renew(&context, renew, &renewed).ok());
+  EXPECT_EQ(renewed.renewed_size(), 0);
+  ASSERT_EQ(renewed.lost_ticket_ids_size(), 1);
 }
 
 TEST_F(WorkersTest, BadReservationIsInvalidArgument) {
