@@ -13,22 +13,30 @@
 #    alone") and disaggregated over each KV transport in $TRANSPORTS (cuda_ipc tcp).
 # Prints "[ cluster  ]" lines. Exit: 1 when the equality test fails, 2 when a bench fails.
 # Env: TANDEM_TEST_MODEL (the GGUF; required), DEVICE (cuda), TRANSPORTS ("cuda_ipc tcp"),
-# PROMPT_TOKENS (2048).
+# PROMPT_TOKENS (2048), BUDGET_S (600: every step's limit is cut to what is left of it).
 set -uo pipefail
 [[ $# == 2 ]] || { echo "usage: $0 BUNDLE_DIR LOG_DIR" >&2; exit 2; }
-bin=$(cd "$1" && pwd)/bin
+bin=$(cd "$1" && pwd)/bin || exit 1
 logs=$2
 mkdir -p "$logs"
 model=${TANDEM_TEST_MODEL:?TANDEM_TEST_MODEL must name the GGUF}
 device=${DEVICE:-cuda}
 transports=${TRANSPORTS:-cuda_ipc tcp}
 prompt_tokens=${PROMPT_TOKENS:-2048}
+budget=${BUDGET_S:-600}
+# limit CAP: a step's time limit, CAP or what is left of the budget if less; at least 1 s
+# (`timeout 0` would mean no limit at all).
+limit() {
+  local left=$((budget - SECONDS))
+  ((left < 1)) && left=1
+  echo $((left < $1 ? left : $1))
+}
 rc=0
 
 if [[ -x $bin/disagg_equality_test ]]; then
   TANDEM_BIN_DIR=$bin TANDEM_TEST_DEVICE=$device \
     TANDEM_TEST_KV_TRANSPORT=$(awk '{print $1}' <<<"$transports") \
-    timeout 240 "$bin/disagg_equality_test" --gtest_brief=1 \
+    timeout -k 10 "$(limit 240)" "$bin/disagg_equality_test" --gtest_brief=1 \
     --gtest_filter='DisaggEqualityTest.OnePrefillOneDecodeMatchesSingleProcess:DisaggEqualityTest.PerRequestModesAndStopStrings' \
     >"$logs/cluster_equality.log" 2>&1
   erc=$?
@@ -42,7 +50,14 @@ fi
 pids=()
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  # A draining worker exits in a second or two; one that hangs must not hold the device call.
+  for _ in $(seq 20); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.5
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   pids=()
 }
 trap stop_all EXIT
@@ -54,10 +69,13 @@ start() {  # NAME BINARY ARGS...
 }
 # wait_ready ROUTER PREFILL_COUNT LABEL: until the router lists the workers (1 decode, N
 # prefill). Fails at once when a process of the cluster has exited (a worker that cannot
-# start must not cost the device minutes of waiting), or after 120 s.
+# start must not cost the device minutes of waiting), or after 120 s (less if the budget is).
 wait_ready() {
   local router=$1 want_prefill=$2 label=$3
-  for _ in $(seq 240); do
+  local wait_s
+  wait_s=$(limit 120)
+  local deadline=$((SECONDS + wait_s))
+  while ((SECONDS < deadline)); do
     for p in "${pids[@]}"; do
       if ! kill -0 "$p" 2>/dev/null; then
         echo "[ cluster  ] ttft $label: a process exited before the cluster was ready:"
@@ -71,14 +89,20 @@ wait_ready() {
     fi
     sleep 0.5
   done
-  echo "[ cluster  ] ttft $label: the workers did not register within 120 s"
+  echo "[ cluster  ] ttft $label: the workers did not register within $wait_s s"
   return 1
 }
 
 # ttft LABEL MODE [TRANSPORT]: one cluster, one bench; prints the TTFT line.
 ttft() {
   local label=$1 mode=$2 transport=${3:-tcp}
-  local port=$((20000 + RANDOM % 20000))
+  if (($(limit 60) < 60)); then  # too little time left to start a cluster and bench it
+    echo "[ cluster  ] ttft $label: not run (time budget spent)"
+    rc=$((rc == 1 ? 1 : 2))
+    return
+  fi
+  # Below the kernel's ephemeral ports (32768-60999), which outgoing connections take.
+  local port=$((20000 + RANDOM % 12000))
   local router=127.0.0.1:$port
   start "router-$label" tandem-router --port "$port" --host 127.0.0.1 --model "$model" \
     --mode "$mode" --http-port -1
@@ -95,7 +119,7 @@ ttft() {
     rc=$((rc == 1 ? 1 : 2))
     return
   fi
-  timeout 240 "$bin/tandem" bench serve --router "$router" --concurrency 1 --num-requests 12 \
+  timeout -k 10 "$(limit 240)" "$bin/tandem" bench serve --router "$router" --concurrency 1 --num-requests 12 \
     --warmup 2 --prompt-tokens "$prompt_tokens" --output-tokens 4 --model "$model" \
     --label "$label" --json "$json" --quiet >"$logs/ttft-$label.log" 2>&1
   local brc=$?
@@ -103,7 +127,7 @@ ttft() {
   if ((brc != 0)) || [[ ! -f $json ]]; then
     echo "[ cluster  ] ttft $label: bench failed (rc=$brc)"
     tail -5 "$logs/ttft-$label.log"
-    tail -5 "$logs"/*-"$label".log | grep -iE 'error|fail' | head -5
+    tail -q -n 5 "$logs"/*-"$label".log | grep -iE 'error|fail' | head -5
     rc=$((rc == 1 ? 1 : 2))
     return
   fi

@@ -4,9 +4,12 @@
 # Runs every BUNDLE_DIR/bin/*_test (but disagg_equality_test, which is the cluster check's),
 # then kernels_bench and cuda_decode_bench when the bundle holds them, then
 # tests/gpu/cluster_check.sh when it holds the router and workers (CLUSTER=1 bundles); full
-# logs go to $OUT/gpu-logs (or a temporary folder); a compact summary table
-# is printed last. Exit status: 1 if any test failed (or could not start), 2 if only a
-# benchmark failed, 0 otherwise.
+# logs go to $OUT/gpu-logs, packed at the end into $OUT/gpu-logs.tar.gz (a device call brings
+# back at most 8 files), or to a temporary folder; a compact summary table is printed last.
+# Every step's time limit is cut to what is left of BUDGET_S seconds (default 360), so the
+# run ends, summary included, well inside one device call. Exit status: 1 if any test failed
+# (or could not start, or was not run for lack of time), 2 if only a benchmark failed, 0
+# otherwise.
 set -uo pipefail
 # The default model is too big for one call (see prepare_bundle.sh). Its parts collect in
 # $stash, which a warm machine keeps between calls; when both are there they are joined and
@@ -34,13 +37,19 @@ fi
 bundle=$1
 if [[ $bundle == *.tar.xz ]]; then  # prepare_bundle.sh's archive: unpack it once
   unpacked=/tmp/tandem-bundle
-  rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xJf "$bundle" -C "$unpacked" || exit 2
+  rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xJf "$bundle" -C "$unpacked" || exit 1
   bundle=$(find "$unpacked" -mindepth 1 -maxdepth 1 -type d | head -1)
 fi
-bundle=$(cd "$bundle" && pwd) || exit 2
+bundle=$(cd "$bundle" && pwd) || exit 1
 logs=${OUT:-$(mktemp -d)}/gpu-logs
 mkdir -p "$logs"
 t_start=$SECONDS
+budget=${BUDGET_S:-360}
+# limit CAP: a step's time limit, CAP or what is left of the budget if less (<= 0: spent).
+limit() {
+  local left=$((budget - (SECONDS - t_start)))
+  echo $((left < $1 ? left : $1))
+}
 
 libpath=$bundle/lib
 # NCCL (nccl_transport_test): the Python package nvidia-nccl-cu13. nvidia.nccl is a namespace
@@ -77,7 +86,7 @@ fi
 [[ -z ${TANDEM_TEST_MODEL:-} && -f $model ]] && export TANDEM_TEST_MODEL=$model
 export TANDEM_GOLDEN_DIR=${TANDEM_GOLDEN_DIR:-$PWD/tests/golden}
 gpu_seen=0
-nvidia-smi -L >/dev/null 2>&1 && gpu_seen=1
+{ nvidia-smi -L >/dev/null 2>&1 || [[ -e /dev/nvidia0 ]]; } && gpu_seen=1
 {
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   echo "cublas: ${cublas_dir:-NOT FOUND}"
@@ -97,11 +106,18 @@ for exe in "$bundle"/bin/*_test; do
   [[ $name == disagg_equality_test ]] && continue  # cluster_check.sh runs it on the GPU
   t0=$SECONDS
   # Each test takes seconds; the limit only stops a hang from eating the device budget.
-  timeout 90 "$exe" --gtest_brief=1 >"$logs/$name.log" 2>&1
+  lim=$(limit 90)
+  if ((lim <= 0)); then
+    summary+=("$(printf '%-26s %-12s' "$name" "NOT RUN (time budget spent)")")
+    failed=1
+    continue
+  fi
+  timeout -k 10 "$lim" "$exe" --gtest_brief=1 >"$logs/$name.log" 2>&1
   rc=$?
   secs=$((SECONDS - t0))
   passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
-  nfail=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
+  # --gtest_brief prints no '[  FAILED  ] N tests' total, only a line per failed test.
+  nfail=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$logs/$name.log")
   skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$logs/$name.log" | tail -1)
   status=ok
   ((rc != 0)) && { status="FAIL(rc=$rc)"; failed=1; }
@@ -119,12 +135,16 @@ done
 # Benchmarks: whichever the bundle holds (a bundle made with ONLY=... may hold none).
 bench_rc=0
 if [[ -x $bundle/bin/kernels_bench ]]; then
-  timeout 150 "$bundle/bin/kernels_bench" >"$logs/kernels_bench.log" 2>&1
+  lim=$(limit 150)
+  ((lim > 0)) || lim=1  # no time left: fails at once (rc 124)
+  timeout -k 10 "$lim" "$bundle/bin/kernels_bench" >"$logs/kernels_bench.log" 2>&1
   bench_rc=$?
 fi
 # Decode steps of a synthetic Llama-3-8B-shaped model (16 GB of bf16 weights made on the GPU).
 if [[ -x $bundle/bin/cuda_decode_bench ]]; then
-  timeout 90 "$bundle/bin/cuda_decode_bench" >"$logs/cuda_decode_bench.log" 2>&1
+  lim=$(limit 90)
+  ((lim > 0)) || lim=1
+  timeout -k 10 "$lim" "$bundle/bin/cuda_decode_bench" >"$logs/cuda_decode_bench.log" 2>&1
   rc=$?
   ((rc != 0)) && bench_rc=$rc
   echo "cuda_decode_bench rc=$rc" >>"$logs/cuda_decode_bench.log"
@@ -133,9 +153,14 @@ fi
 # The serving stack on the GPU: disaggregated equality and the 2k-token TTFT.
 cluster_rc=0
 if [[ -x $bundle/bin/tandem-router ]]; then
-  "$(dirname "${BASH_SOURCE[0]}")/cluster_check.sh" "$bundle" "$logs/cluster" >"$logs/cluster_check.log" 2>&1
+  # cluster_check.sh keeps its own steps inside BUDGET_S; the outer limit is a backstop.
+  lim=$(limit 100000)
+  ((lim > 0)) || lim=1
+  BUDGET_S=$lim timeout -k 10 $((lim + 30)) bash "$(dirname "${BASH_SOURCE[0]}")/cluster_check.sh" \
+    "$bundle" "$logs/cluster" >"$logs/cluster_check.log" 2>&1
   cluster_rc=$?
-  ((cluster_rc == 1)) && failed=1
+  # 2: only a TTFT bench failed; anything else (1, a missing model's 127, a timeout) fails.
+  ((cluster_rc != 0 && cluster_rc != 2)) && failed=1
   ((cluster_rc == 2)) && bench_rc=2
 fi
 
@@ -164,6 +189,11 @@ echo "benchmarks rc=$bench_rc"
 if [[ -f $logs/kernels_bench.log ]]; then
   sed -n '/^| kernel/,$p' "$logs/kernels_bench.log"
   ((bench_rc != 0)) && tail -5 "$logs/kernels_bench.log"
+fi
+# A device call brings back at most 8 files from $OUT: pack the logs into one.
+if [[ -n ${OUT:-} ]] && tar -czf "$OUT/gpu-logs.tar.gz" -C "$OUT" gpu-logs; then
+  rm -rf "$logs"
+  echo "logs: \$OUT/gpu-logs.tar.gz"
 fi
 ((failed)) && exit 1
 ((bench_rc != 0)) && exit 2

@@ -10,12 +10,11 @@
 #
 # NOTE: the default model (SmolLM2-135M Q4_1, 94 MiB, for cuda_engine_test) is more than one
 # device call may carry (64 MiB in all). When it is found ($TANDEM_TEST_MODEL or the cache),
-# it is split into build-model-parts/a (60 MiB) and build-model-parts/b (34 MiB). Call 1
-# carries a and runs `tests/gpu/device_check.sh --stash-model` (copies it to /tmp on the
-# device machine, which keeps it while warm: 30 s); call 2 carries b with a bundle that fits
-# beside it (ONLY=cuda_engine_test, 10 MiB) and runs device_check.sh, which joins the model.
-# The full bundle (33 MiB) + b is over 64 MiB: carry b alone with --stash-model in call 2 and
-# the full bundle in call 3.
+# it is split into build-model-parts/a (54 MiB) and build-model-parts/b (40 MiB), sized so
+# that each call keeps ~7 MiB to spare: call 1 carries a and runs
+# `tests/gpu/device_check.sh --stash-model` (copies it to /tmp on the device machine, which
+# keeps it while warm: 30 s); call 2 carries b and the CLUSTER=1 archive (gpu-bundle.tar.xz,
+# ~15 MiB) and runs `tests/gpu/device_check.sh gpu-bundle.tar.xz`, which joins the model.
 #
 # NOTE: cuBLAS (libcublas + libcublasLt, ~600 MB) is left out of the bundle; device_check.sh
 # finds the GPU machine's own CUDA 13 copy.
@@ -70,8 +69,8 @@ parts=$root/build-model-parts
 if [[ -f $model ]]; then
   rm -rf "$parts"
   mkdir -p "$parts/a" "$parts/b"
-  head -c $((60 << 20)) "$model" >"$parts/a/model.part0"
-  tail -c +$(((60 << 20) + 1)) "$model" >"$parts/b/model.part1"
+  head -c $((54 << 20)) "$model" >"$parts/a/model.part0"
+  tail -c +$(((54 << 20) + 1)) "$model" >"$parts/b/model.part1"
   sha256sum "$model" | cut -d' ' -f1 >"$parts/b/model.sha256"
   echo "model: $model split into build-model-parts/a ($(du -sm "$parts/a" | cut -f1) MiB)" \
     "and build-model-parts/b ($(du -sm "$parts/b" | cut -f1) MiB)"
@@ -80,9 +79,10 @@ else
 fi
 # What one device call carries: the working tree (tracked and untracked-not-ignored files),
 # plus the carried paths; at most 64 MiB.
-# Apparent sizes (du -k rounds every small file up to a 4 KiB block).
-tree_kib=$(cd "$root" && git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
-tree_kib=$((tree_kib / 1024))
+# Apparent sizes (du -k rounds every small file up to a 4 KiB block); a tracked file deleted
+# in the working tree makes du fail (pipefail), not the script.
+tree_kib=$(cd "$root" && git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1 || true)
+tree_kib=$((${tree_kib:-0} / 1024))
 b_kib=$( [[ -d $parts/b ]] && du -sk "$parts/b" | cut -f1 || echo 0)
 total_kib=$((tree_kib + size_kib + b_kib))
 echo "a call carrying ${out#"$root"/}.tar.xz and build-model-parts/b: tree $((tree_kib / 1024)) MiB + bundle" \
