@@ -41,6 +41,19 @@ Served Serve(const std::vector<grpc::Service*>& services) {
   return served;
 }
 
+// Reserve on a decode worker for `n` made-up prompt tokens (100, 101, ...), generating up
+// to 8, with a `lease_s` lease: the router's step 2 alone.
+grpc::Status ReserveTokens(v1::Decode::Stub& stub, const std::string& request_id, int n,
+                           double lease_s, v1::ReserveResponse* reserved) {
+  v1::ReserveRequest reserve;
+  reserve.set_request_id(request_id);
+  for (int i = 0; i < n; ++i) reserve.add_prompt_token_ids(100 + i);
+  reserve.mutable_sampling()->set_max_tokens(8);
+  reserve.set_deadline_s(lease_s);
+  grpc::ClientContext context;
+  return stub.Reserve(&context, reserve, reserved);
+}
+
 class WorkersTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -207,14 +220,8 @@ TEST_F(WorkersTest, CancelMidStreamRestoresFreeBlocks) {
 
 TEST_F(WorkersTest, UnusedReservationExpires) {
   const int64_t decode_free = DecodeLoad().free_kv_blocks();
-  v1::ReserveRequest reserve;
-  reserve.set_request_id("lost");
-  for (int i = 0; i < 40; ++i) reserve.add_prompt_token_ids(100 + i);
-  reserve.mutable_sampling()->set_max_tokens(8);
-  reserve.set_deadline_s(0.2);
   v1::ReserveResponse reserved;
-  grpc::ClientContext context;
-  ASSERT_TRUE(decode_stub_->Reserve(&context, reserve, &reserved).ok());
+  ASSERT_TRUE(ReserveTokens(*decode_stub_, "lost", 40, 0.2, &reserved).ok());
   EXPECT_LT(DecodeLoad().free_kv_blocks(), decode_free);
   absl::SleepFor(absl::Milliseconds(400));
   EXPECT_EQ(DecodeLoad().free_kv_blocks(), decode_free);
@@ -243,16 +250,8 @@ TEST_F(WorkersTest, PrefillWorkerRenewsTheReservationItHolds) {
 }
 
 TEST_F(WorkersTest, RenewReportsTicketsItNoLongerHolds) {
-  v1::ReserveRequest reserve;
-  reserve.set_request_id("renewed");
-  for (int i = 0; i < 20; ++i) reserve.add_prompt_token_ids(100 + i);
-  reserve.mutable_sampling()->set_max_tokens(4);
-  reserve.set_deadline_s(0.2);
   v1::ReserveResponse reserved;
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(decode_stub_->Reserve(&context, reserve, &reserved).ok());
-  }
+  ASSERT_TRUE(ReserveTokens(*decode_stub_, "renewed", 20, 0.2, &reserved).ok());
   EXPECT_DOUBLE_EQ(reserved.ticket().lease_s(), 0.2);
   const uint64_t id = reserved.ticket().ticket_id();
   // Renewed twice across its first deadline: still held.
@@ -332,16 +331,9 @@ TEST_F(WorkersTest, PrefillSideStalledMidTransferIsCutOff) {
   auto channel = grpc::CreateChannel(served.address, grpc::InsecureChannelCredentials());
   const int64_t free_before = decode.CurrentLoad().free_kv_blocks();
 
-  v1::ReserveRequest reserve;
-  reserve.set_request_id("stalled");
-  for (int i = 0; i < 40; ++i) reserve.add_prompt_token_ids(100 + i);
-  reserve.mutable_sampling()->set_max_tokens(8);
-  reserve.set_deadline_s(1.0);
   v1::ReserveResponse reserved;
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(v1::Decode::NewStub(channel)->Reserve(&context, reserve, &reserved).ok());
-  }
+  ASSERT_TRUE(
+      ReserveTokens(*v1::Decode::NewStub(channel), "stalled", 40, 1.0, &reserved).ok());
   EXPECT_LT(decode.CurrentLoad().free_kv_blocks(), free_before);
 
   auto stub = v1::KvChannel::NewStub(channel);
