@@ -158,6 +158,7 @@ grpc::Status DecodeWorker::Renew(grpc::ServerContext* context, const v1::RenewRe
       renewed->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
     }
   });
+  metrics_->CountRenewals(response->renewed_size(), response->lost_ticket_ids_size());
   return grpc::Status::OK;
 }
 

@@ -23,6 +23,10 @@ WorkerMetrics::WorkerMetrics(const WorkerMetricsOptions& options, EngineLoop& lo
       reservations_(registry_.AddCounter("tandem:reservations_total",
                                          "Decode reservations (Reserve calls), by outcome.",
                                          {"outcome"})),
+      renewals_(registry_.AddCounter(
+          "tandem:reservation_renewals_total",
+          "Decode reservation leases renewed by prefill workers, or asked for when gone.",
+          {"outcome"})),
       prompt_tokens(registry_
                         .AddCounter("tandem:prompt_tokens_total",
                                     "Prompt tokens of requests prefilled here (prefix-cache "
@@ -103,6 +107,11 @@ void WorkerMetrics::CountTransfer(std::string_view outcome) {
 
 void WorkerMetrics::CountReservation(const absl::Status& status) {
   reservations_.WithLabels({StatusCodeLabel(status.code())}).Increment();
+}
+
+void WorkerMetrics::CountRenewals(int renewed, int lost) {
+  if (renewed > 0) renewals_.WithLabels({"renewed"}).Increment(renewed);
+  if (lost > 0) renewals_.WithLabels({"lost"}).Increment(lost);
 }
 
 }  // namespace tandem

@@ -42,12 +42,16 @@ class WorkerMetrics {
   // tandem:reservations_total{outcome} (decode): "ok" or the status code in snake case
   // ("resource_exhausted", "invalid_argument", ...).
   void CountReservation(const absl::Status& status);
+  // tandem:reservation_renewals_total{outcome} (decode): tickets a prefill worker renewed
+  // ("renewed") or asked for after they were gone ("lost").
+  void CountRenewals(int renewed, int lost);
 
  private:
   metrics::Registry registry_;
   const std::string kv_direction_;
   metrics::Family<metrics::Counter>& transfers_;
   metrics::Family<metrics::Counter>& reservations_;
+  metrics::Family<metrics::Counter>& renewals_;
 
  public:
   // Prompt tokens of the requests this worker prefilled (prefix-cache hits included).

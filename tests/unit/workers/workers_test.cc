@@ -280,6 +280,12 @@ TEST_F(WorkersTest, RenewReportsTicketsItNoLongerHolds) {
   ASSERT_TRUE(decode_stub_->Renew(&context, renew, &renewed).ok());
   EXPECT_EQ(renewed.renewed_size(), 0);
   ASSERT_EQ(renewed.lost_ticket_ids_size(), 1);
+  // Two renewals, three lost (the never-reserved one twice, the expired one once).
+  const std::string scrape = decode_->metrics()->TextExposition();
+  EXPECT_THAT(scrape, ::testing::ContainsRegex(
+                          "tandem:reservation_renewals_total\\{[^}]*outcome=\"renewed\"[^}]*\\} 2\n"));
+  EXPECT_THAT(scrape, ::testing::ContainsRegex(
+                          "tandem:reservation_renewals_total\\{[^}]*outcome=\"lost\"[^}]*\\} 3\n"));
 }
 
 TEST_F(WorkersTest, BadReservationIsInvalidArgument) {
