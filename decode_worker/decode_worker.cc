@@ -1,6 +1,7 @@
 #include "decode_worker/decode_worker.h"
 
 #include <algorithm>
+#include <random>
 #include <utility>
 
 #include "common/deadline_alarm.h"
@@ -24,6 +25,14 @@ constexpr absl::Duration kEngineDeadlineSlack = absl::Minutes(1);
 
 DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options)
     : options_(options) {
+  // Ticket ids start at random (never 0): a worker restarted at the same address does not
+  // hand out the ids its earlier life gave to requests that prefill workers may still hold.
+  std::random_device rd;
+  const uint64_t first = ((uint64_t{rd()} << 32 | rd()) >> 2) | 1;
+  {
+    absl::MutexLock lock(&mu_);
+    next_ticket_ = first;
+  }
   runner_ = &engine->runner();
   layout_ = KvLayout::For(engine->config(), runner_->block_size(), runner_->kv_dtype());
   loop_ = std::make_unique<EngineLoop>(
@@ -453,6 +462,10 @@ grpc::Status DecodeWorker::Transfer(
         absl::MutexLock lock(&mu_);
         if (ticket == nullptr || ticket->local) {
           refused = absl::NotFoundError(Cat("no reservation for ticket ", begin.ticket_id()));
+        } else if (!begin.request_id().empty() && begin.request_id() != ticket->request_id) {
+          refused = absl::NotFoundError(Cat("ticket ", begin.ticket_id(), " is request ",
+                                            ticket->request_id, "'s, not ", begin.request_id(),
+                                            " (a ticket of this worker's earlier life?)"));
         } else if (ticket->cancelled || ticket->state != Ticket::State::kReserved) {
           refused = absl::FailedPreconditionError(
               Cat("ticket ", ticket->id, ticket->cancelled ? " was cancelled" : " is not waiting for KV"));

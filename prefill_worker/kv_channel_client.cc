@@ -123,11 +123,13 @@ absl::StatusOr<v1::KvToPrefill> KvChannelClient::ReadReply(absl::Time deadline) 
   return reply;
 }
 
-absl::Status KvChannelClient::Begin(uint64_t ticket_id, absl::Span<const int32_t> blocks,
-                                    int32_t num_tokens, absl::Time deadline) {
+absl::Status KvChannelClient::Begin(uint64_t ticket_id, std::string_view request_id,
+                                    absl::Span<const int32_t> blocks, int32_t num_tokens,
+                                    absl::Time deadline) {
   v1::KvFromPrefill message;
   message.mutable_begin()->set_ticket_id(ticket_id);
   message.mutable_begin()->set_num_tokens(num_tokens);
+  message.mutable_begin()->set_request_id(std::string(request_id));
   RETURN_IF_ERROR(Write(message));
   ASSIGN_OR_RETURN(v1::KvToPrefill reply, ReadReply(deadline));
   if (!reply.error().empty()) {

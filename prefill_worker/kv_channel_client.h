@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -43,8 +44,8 @@ class KvChannelClient {
   // The transfer protocol, in order: Begin, SendLayer for every layer, End. Each waits for
   // the decode side's reply where there is one. A refusal (unknown or cancelled ticket)
   // leaves the channel usable; any other failure breaks it.
-  absl::Status Begin(uint64_t ticket_id, absl::Span<const int32_t> blocks, int32_t num_tokens,
-                     absl::Time deadline);
+  absl::Status Begin(uint64_t ticket_id, std::string_view request_id,
+                     absl::Span<const int32_t> blocks, int32_t num_tokens, absl::Time deadline);
   absl::Status SendLayer(int layer, absl::Time deadline);
   absl::Status End(uint64_t ticket_id, int32_t first_token, absl::Time deadline);
 

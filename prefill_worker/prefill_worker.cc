@@ -241,8 +241,8 @@ absl::Status PrefillWorker::Transfer(Job& job, const v1::Ticket& ticket,
     blocks = job.blocks;
     job.renewing = false;  // from Begin on, the transfer's own deadlines govern
   }
-  if (absl::Status begun = channel.Begin(ticket.ticket_id(), blocks, job.num_prompt_tokens,
-                                         reply_deadline());
+  if (absl::Status begun = channel.Begin(ticket.ticket_id(), job.request_id, blocks,
+                                         job.num_prompt_tokens, reply_deadline());
       !begun.ok()) {
     metrics_->CountTransfer(channel.broken() ? "failed" : "refused");
     return begun;

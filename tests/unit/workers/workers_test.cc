@@ -355,9 +355,17 @@ TEST_F(WorkersTest, PrefillSideStalledMidTransferIsCutOff) {
       ConnectDataPath(TransportKind::kTcp, reply.data_address(), reply.data_token(),
                       DataPathOptions{}, absl::Now() + absl::Seconds(5));
   ASSERT_TRUE(data.ok()) << data.status();
+  // A begin that names another request (a ticket id from the worker's earlier life) is
+  // refused, and the channel stays usable.
   message.Clear();
   message.mutable_begin()->set_ticket_id(reserved.ticket().ticket_id());
   message.mutable_begin()->set_num_tokens(40);
+  message.mutable_begin()->set_request_id("someone-else");
+  ASSERT_TRUE(stream->Write(message));
+  ASSERT_TRUE(stream->Read(&reply));
+  EXPECT_EQ(reply.begun_ticket_id(), 0u);
+  EXPECT_THAT(reply.error(), ::testing::HasSubstr("is request stalled's, not someone-else"));
+  message.mutable_begin()->set_request_id("stalled");
   ASSERT_TRUE(stream->Write(message));
   ASSERT_TRUE(stream->Read(&reply));
   ASSERT_EQ(reply.begun_ticket_id(), reserved.ticket().ticket_id()) << reply.error();
