@@ -136,37 +136,32 @@ grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
 
 grpc::Status DecodeWorker::Renew(grpc::ServerContext* context, const v1::RenewRequest* request,
                                  v1::RenewResponse* response) {
-  // The engine's own deadline (its safety net) moves with the ticket's, on its thread.
-  loop_->Call([&](Engine& engine) {
-    const absl::Time now = absl::Now();
-    absl::MutexLock lock(&mu_);
-    for (uint64_t id : request->ticket_ids()) {
-      auto it = tickets_.find(id);
-      Ticket* ticket = it == tickets_.end() ? nullptr : it->second.get();
-      // Receiving: the transfer's own deadlines govern it now, and nothing is lost yet.
-      const bool waiting = ticket != nullptr && !ticket->cancelled && !ticket->local &&
-                           (ticket->state == Ticket::State::kReserved ||
-                            ticket->state == Ticket::State::kReceiving);
-      if (!waiting) {
-        response->add_lost_ticket_ids(id);
-        continue;
-      }
-      if (ticket->state == Ticket::State::kReserved) {
-        ticket->deadline = std::max(ticket->deadline, now + ticket->lease);
-        if (!engine.ExtendReservation(ticket->engine_id, ticket->deadline + kEngineDeadlineSlack)
-                 .ok()) {
-          response->add_lost_ticket_ids(id);
-          continue;
-        }
-      }
-      v1::Ticket* renewed = response->add_renewed();
-      renewed->set_request_id(ticket->request_id);
-      renewed->set_ticket_id(ticket->id);
-      renewed->set_decode_address(address_);
-      renewed->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
-      renewed->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
+  // Answered at once, not between engine steps (a long step must not make renewals late);
+  // OnTick moves the engine's own deadline, its safety net, after the ticket's.
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (uint64_t id : request->ticket_ids()) {
+    auto it = tickets_.find(id);
+    Ticket* ticket = it == tickets_.end() ? nullptr : it->second.get();
+    // Receiving: the transfer's own deadlines govern it now, and nothing is lost yet.
+    const bool waiting = ticket != nullptr && !ticket->cancelled && !ticket->local &&
+                         (ticket->state == Ticket::State::kReserved ||
+                          ticket->state == Ticket::State::kReceiving);
+    if (!waiting) {
+      response->add_lost_ticket_ids(id);
+      continue;
     }
-  });
+    if (ticket->state == Ticket::State::kReserved && ticket->deadline < now + ticket->lease) {
+      ticket->deadline = now + ticket->lease;
+      ticket->engine_deadline_stale = true;
+    }
+    v1::Ticket* renewed = response->add_renewed();
+    renewed->set_request_id(ticket->request_id);
+    renewed->set_ticket_id(ticket->id);
+    renewed->set_decode_address(address_);
+    renewed->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
+    renewed->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
+  }
   metrics_->CountRenewals(response->renewed_size(), response->lost_ticket_ids_size());
   return grpc::Status::OK;
 }
@@ -321,6 +316,12 @@ void DecodeWorker::OnTick(Engine& engine) {
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> expired;
   for (auto& [id, ticket] : tickets_) {
+    // A renewed lease: the engine's safety net follows, a minute behind the ticket's.
+    if (ticket->engine_deadline_stale && ticket->state == Ticket::State::kReserved) {
+      engine.ExtendReservation(ticket->engine_id, ticket->deadline + kEngineDeadlineSlack)
+          .IgnoreError();  // NOT_FOUND cannot happen: the ticket still holds it
+    }
+    ticket->engine_deadline_stale = false;
     // A reservation whose KV never came, or a request whose Stream never opened: free it.
     const bool waiting_kv = ticket->state == Ticket::State::kReserved;
     const bool unstreamed = ticket->state == Ticket::State::kRunning && !ticket->stream_open;

@@ -87,6 +87,7 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
     absl::Time reserved_at;
     absl::Duration lease;  // Reserve's deadline_s; Renew starts it again
     absl::Time deadline;   // the Stream must open (and the KV begin to arrive) by then
+    bool engine_deadline_stale = false;  // renewed: OnTick moves the engine's deadline
     bool stream_open = false;
     bool stream_closed = false;  // its Stream handler returned
     bool cancelled = false;

@@ -150,14 +150,22 @@ void PrefillWorker::RenewLeases() {
       renew_changed_.WaitWithDeadline(&mu_, wake);
       continue;
     }
+    // Each call may take until the first of its leases would lapse: a renewal that lands
+    // by then is still worth having (the decode worker may be busy).
+    absl::flat_hash_map<std::string, absl::Time> call_deadline;
+    for (const auto& [address, jobs] : due) {
+      absl::Time earliest = absl::InfiniteFuture();
+      for (const std::shared_ptr<Job>& job : jobs) earliest = std::min(earliest, job->deadline);
+      call_deadline[address] = std::max(earliest, now + absl::Milliseconds(5));
+    }
     mu_.Unlock();
-    for (const auto& [address, jobs] : due) RenewAt(address, jobs);
+    for (const auto& [address, jobs] : due) RenewAt(address, jobs, call_deadline[address]);
     mu_.Lock();
   }
 }
 
 void PrefillWorker::RenewAt(const std::string& decode_address,
-                            const std::vector<std::shared_ptr<Job>>& jobs) {
+                            const std::vector<std::shared_ptr<Job>>& jobs, absl::Time deadline) {
   std::unique_ptr<v1::Decode::Stub>& stub = decode_stubs_[decode_address];
   if (stub == nullptr) {
     stub = v1::Decode::NewStub(grpc::CreateChannel(
@@ -166,14 +174,10 @@ void PrefillWorker::RenewAt(const std::string& decode_address,
                             : grpc::InsecureChannelCredentials()));
   }
   v1::RenewRequest request;
-  absl::Duration shortest = absl::Seconds(1);
-  for (const std::shared_ptr<Job>& job : jobs) {
-    request.add_ticket_ids(job->ticket_id);
-    shortest = std::min(shortest, job->lease / 3);
-  }
+  for (const std::shared_ptr<Job>& job : jobs) request.add_ticket_ids(job->ticket_id);
   const absl::Time sent = absl::Now();
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(sent + shortest));
+  context.set_deadline(absl::ToChronoTime(deadline));
   v1::RenewResponse response;
   const grpc::Status status = stub->Renew(&context, request, &response);
 

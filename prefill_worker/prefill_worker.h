@@ -91,7 +91,8 @@ class PrefillWorker final : public v1::Prefill::Service,
   // before they would lapse, one Decode.Renew per decode worker; a ticket the decode worker
   // reports lost cancels its prefill.
   void RenewLeases();
-  void RenewAt(const std::string& decode_address, const std::vector<std::shared_ptr<Job>>& jobs);
+  void RenewAt(const std::string& decode_address, const std::vector<std::shared_ptr<Job>>& jobs,
+               absl::Time deadline);
   void OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs);
   // Waits until `ready` holds, the job is cancelled, the call is cancelled, `deadline` or
   // the job's own deadline (its reservation's, renewed).
