@@ -316,8 +316,10 @@ void DecodeWorker::OnTick(Engine& engine) {
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> expired;
   for (auto& [id, ticket] : tickets_) {
-    // A renewed lease: the engine's safety net follows, a minute behind the ticket's.
-    if (ticket->engine_deadline_stale && ticket->state == Ticket::State::kReserved) {
+    // A renewed lease: the engine's safety net follows, a minute behind the ticket's (also
+    // once a transfer began: it runs until the ticket's deadline plus half a minute).
+    if (ticket->engine_deadline_stale && (ticket->state == Ticket::State::kReserved ||
+                                          ticket->state == Ticket::State::kReceiving)) {
       engine.ExtendReservation(ticket->engine_id, ticket->deadline + kEngineDeadlineSlack)
           .IgnoreError();  // NOT_FOUND cannot happen: the ticket still holds it
     }
@@ -476,12 +478,12 @@ grpc::Status DecodeWorker::Transfer(
                                                    begin.num_tokens()));
         } else {
           ticket->state = Ticket::State::kReceiving;
+          must_end = ticket->deadline + kEngineDeadlineSlack / 2;
         }
       }
       if (refused.ok()) {
         receiving = ticket->id;
         begun = absl::Now();
-        must_end = ticket->deadline + kEngineDeadlineSlack / 2;
         refused = (*receiver)->Begin(ticket->blocks, begin.num_tokens());
         if (!refused.ok()) {
           AbandonTransfer(receiving);
