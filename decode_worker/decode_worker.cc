@@ -34,6 +34,7 @@ DecodeWorker::DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOpt
     next_ticket_ = first;
   }
   runner_ = &engine->runner();
+  device_uuid_ = DeviceUuid(runner_->device());
   layout_ = KvLayout::For(engine->config(), runner_->block_size(), runner_->kv_dtype());
   loop_ = std::make_unique<EngineLoop>(
       std::move(engine),
@@ -404,6 +405,12 @@ grpc::Status DecodeWorker::Transfer(
   if (!kind.ok()) return ToGrpcStatus(kind.status());
   if (absl::Status s = CheckTransportAvailable(*kind, runner_->kv_on_device()); !s.ok()) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, std::string(s.message()));
+  }
+  if (*kind == TransportKind::kNccl) {
+    if (absl::Status s = CheckNcclPeers(device_uuid_, message.open().device_uuid()); !s.ok()) {
+      LOG(WARNING) << "refused a KV channel: " << s.message();
+      return ToGrpcStatus(s);
+    }
   }
 
   // A data path for this channel alone: the one peer that arrives with the token (which

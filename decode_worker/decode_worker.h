@@ -117,6 +117,7 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
 
   const DecodeWorkerOptions options_;
   ModelRunner* runner_ = nullptr;  // for WriteKvLayer from transfer threads (disjoint blocks)
+  std::string device_uuid_;        // the runner's GPU (DeviceUuid); empty on the CPU
   KvLayout layout_;
   std::unique_ptr<EngineLoop> loop_;
   std::unique_ptr<WorkerMetrics> metrics_;

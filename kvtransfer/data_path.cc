@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
@@ -191,6 +192,34 @@ absl::Status CheckTransportAvailable(TransportKind kind, bool kv_on_device) {
       Cat("KV transport ", TransportKindName(kind), " is not available to a worker whose KV is in ",
           kv_on_device ? "device" : "host", " memory in this build (it offers: ", Names(kinds),
           ")"));
+}
+
+std::string DeviceUuid(int device) {
+#if TANDEM_HAVE_CUDA_IPC
+  cudaDeviceProp prop;
+  if (device < 0 || cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "";
+  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+  std::string hex;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) hex += '-';
+    absl::StrAppend(&hex, absl::Hex(b[i], absl::kZeroPad2));
+  }
+  return Cat("GPU-", hex);
+#else
+  (void)device;
+  return "";
+#endif
+}
+
+absl::Status CheckNcclPeers(std::string_view local_device_uuid,
+                            std::string_view peer_device_uuid) {
+  if (local_device_uuid.empty() || local_device_uuid != peer_device_uuid) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      Cat("both ends of the nccl KV channel use GPU ", local_device_uuid,
+          ": NCCL cannot put two ranks on one GPU; workers that share a GPU hand KV over with "
+          "--kv-transport cuda_ipc"));
 }
 
 absl::StatusOr<std::unique_ptr<DataPathListener>> DataPathListener::Listen(

@@ -45,6 +45,15 @@ std::vector<TransportKind> AvailableTransports(bool kv_on_device);
 // FAILED_PRECONDITION naming what is offered when `kind` is not available.
 absl::Status CheckTransportAvailable(TransportKind kind, bool kv_on_device);
 
+// The GPU a runner on CUDA device `device` uses, as nvidia-smi names it ("GPU-8-4-4-4-12"
+// hex digits of its UUID); empty for the CPU (device < 0), in a build without CUDA, or when
+// the device cannot be queried.
+std::string DeviceUuid(int device);
+// NCCL cannot put both ranks of a communicator on one GPU ("Duplicate GPU detected"):
+// FAILED_PRECONDITION, pointing at cuda_ipc, when a nccl channel's two ends name the same
+// GPU. Empty names (CPU, unknown) pass.
+absl::Status CheckNcclPeers(std::string_view local_device_uuid, std::string_view peer_device_uuid);
+
 class DataPathListener {
  public:
   // UNIMPLEMENTED when this build lacks `kind`; the transport's error otherwise.

@@ -36,6 +36,7 @@ absl::StatusOr<std::unique_ptr<KvChannelClient>> KvChannelClient::Open(
   v1::KvFromPrefill open;
   *open.mutable_open()->mutable_layout() = KvLayoutToProto(layout);
   open.mutable_open()->set_transport(std::string(TransportKindName(transport)));
+  open.mutable_open()->set_device_uuid(DeviceUuid(runner->device()));
   RETURN_IF_ERROR(channel->Write(open));
   ASSIGN_OR_RETURN(v1::KvToPrefill reply, channel->ReadReply(deadline));
   ASSIGN_OR_RETURN(KvLayout peer, KvLayoutFromProto(reply.accepted_layout()));

@@ -125,10 +125,16 @@ int Placement::MatchedBlocks(const std::string& worker_id, absl::Span<const int3
 std::optional<WorkerView> Placement::ChoosePrefill(
     absl::Span<const WorkerView> workers, absl::Span<const int32_t> prompt,
     const absl::flat_hash_set<std::string>& exclude,
-    absl::Span<const std::string> decode_transports) {
-  // A prefill worker opens one transport (its first); the decode worker must accept it.
+    absl::Span<const std::string> decode_transports, std::string_view decode_device) {
+  // A prefill worker opens one transport (its first); the decode worker must accept it,
+  // and nccl needs two GPUs.
   auto speaks = [&](const WorkerView& w) {
-    return decode_transports.empty() || w.transports.empty() ||
+    if (w.transports.empty()) return true;
+    if (w.transports.front() == "nccl" && !decode_device.empty() &&
+        w.device_uuid == decode_device) {
+      return false;
+    }
+    return decode_transports.empty() ||
            std::find(decode_transports.begin(), decode_transports.end(), w.transports.front()) !=
                decode_transports.end();
   };

@@ -58,14 +58,16 @@ class Placement {
   std::vector<WorkerView> RankDecode(absl::Span<const WorkerView> workers,
                                      const absl::flat_hash_set<std::string>& exclude) const;
 
-  // The prefill worker for `prompt` (role prefill, not draining, not in `exclude`, and
-  // opening a KV transport in `decode_transports` when that is not empty), or nullopt when
-  // there is none. With affinity, the prompt's blocks are remembered as prefilled on the
-  // chosen worker. Workers absent from `workers` are forgotten.
+  // The prefill worker for `prompt` (role prefill, not draining, not in `exclude`, opening
+  // a KV transport in `decode_transports` when that is not empty, and not opening nccl on
+  // `decode_device`, the decode worker's GPU: NCCL cannot put two ranks on one GPU), or
+  // nullopt when there is none. With affinity, the prompt's blocks are remembered as
+  // prefilled on the chosen worker. Workers absent from `workers` are forgotten.
   std::optional<WorkerView> ChoosePrefill(absl::Span<const WorkerView> workers,
                                           absl::Span<const int32_t> prompt,
                                           const absl::flat_hash_set<std::string>& exclude,
-                                          absl::Span<const std::string> decode_transports = {});
+                                          absl::Span<const std::string> decode_transports = {},
+                                          std::string_view decode_device = {});
 
   // The chained hashes of `tokens`' full blocks of `block_tokens`: hash i covers tokens
   // [0, (i + 1) * block_tokens). Stable across processes.

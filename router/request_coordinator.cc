@@ -523,17 +523,20 @@ void GenerateCall::RunPrefill(const Leg& leg, PrefillState& state,
   for (int attempt = 0; attempt < tries; ++attempt) {
     const std::vector<WorkerView> snapshot = rc_.registry_.Snapshot();
     std::optional<WorkerView> p =
-        rc_.placement_.ChoosePrefill(snapshot, leg.prompt, tried, leg.decode.transports);
+        rc_.placement_.ChoosePrefill(snapshot, leg.prompt, tried, leg.decode.transports,
+                                     leg.decode.device_uuid);
     // Every worker failed once: with no other, the same one gets the next try.
     if (!p.has_value() && !tried.empty())
-      p = rc_.placement_.ChoosePrefill(snapshot, leg.prompt, {}, leg.decode.transports);
+      p = rc_.placement_.ChoosePrefill(snapshot, leg.prompt, {}, leg.decode.transports,
+                                       leg.decode.device_uuid);
     if (!p.has_value()) {
       const bool any = std::any_of(snapshot.begin(), snapshot.end(), [](const WorkerView& w) {
         return w.role == v1::WORKER_ROLE_PREFILL && !w.draining;
       });
       state.status = absl::UnavailableError(
           any ? Cat("no prefill worker opens a KV transport that ", leg.decode.id, " accepts (",
-                    absl::StrJoin(leg.decode.transports, ", "), "; mode ",
+                    absl::StrJoin(leg.decode.transports, ", "),
+                    "; nccl only from another GPU; mode ",
                     RouterModeName(mode_), ")")
               : Cat("no prefill worker registered (mode ", RouterModeName(mode_), ")"));
       break;

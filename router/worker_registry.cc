@@ -51,6 +51,7 @@ absl::StatusOr<std::string> WorkerRegistry::Register(const v1::RegisterRequest& 
       request.kv_layout().block_size() > 0 ? request.kv_layout().block_size() : 16;
   entry.view.load = request.load();
   entry.view.transports.assign(request.transports().begin(), request.transports().end());
+  entry.view.device_uuid = request.device_uuid();
   entry.view.draining = request.load().draining();
   entry.last_beat = options_.clock();
   workers_.emplace(id, std::move(entry));

@@ -22,6 +22,7 @@ struct WorkerView {
   // KV transports ("tcp", "cuda_ipc", "nccl"): a prefill worker's one (the one it opens),
   // a decode worker's every one it accepts. Empty: unknown (any).
   std::vector<std::string> transports;
+  std::string device_uuid;  // the worker's GPU ("GPU-<uuid>"); empty on the CPU
 
   // Router-side counts: more current than a heartbeat that is up to one interval old.
   int32_t inflight_requests = 0;       // requests the router has placed here, not finished

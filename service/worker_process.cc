@@ -156,6 +156,7 @@ v1::RegisterRequest MakeRegisterRequest(v1::WorkerRole role, const std::string& 
   request.set_model(engine.config().name);
   *request.mutable_kv_layout() = KvLayoutToProto(layout);
   for (TransportKind t : transports) request.add_transports(std::string(TransportKindName(t)));
+  request.set_device_uuid(DeviceUuid(engine.runner().device()));
   *request.mutable_load() = WorkerLoadFromStats(engine.stats());
   return request;
 }

@@ -63,6 +63,19 @@ TEST(DataPathTest, StagingMemoryFollowsRunnerAndTransport) {
   EXPECT_EQ(ipc->memory(), MemoryKind::kDevice);
 }
 
+TEST(DataPathTest, NcclRefusesTwoEndsOnOneGpu) {
+  EXPECT_TRUE(CheckNcclPeers("GPU-1", "GPU-2").ok());
+  EXPECT_TRUE(CheckNcclPeers("", "").ok());  // CPU or unknown: nothing to compare
+  EXPECT_TRUE(CheckNcclPeers("GPU-1", "").ok());
+  const absl::Status same = CheckNcclPeers("GPU-1", "GPU-1");
+  EXPECT_EQ(same.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(same.message(), HasSubstr("GPU-1"));
+  EXPECT_THAT(same.message(), HasSubstr("cuda_ipc"));
+  // The CPU runner has no GPU; neither does a device this machine lacks.
+  EXPECT_EQ(DeviceUuid(-1), "");
+  EXPECT_EQ(DeviceUuid(63), "");
+}
+
 TEST(DataPathTest, TcpCarriesBytesWithTheToken) {
   DataPathOptions options;
   options.listen_host = "127.0.0.1";

@@ -245,5 +245,28 @@ TEST(PlacementTest, PrefillMustOpenATransportTheDecodeAccepts) {
   }
 }
 
+// NCCL cannot put two ranks on one GPU: a nccl prefill worker on the decode worker's GPU
+// is never its partner; on another GPU (or with either GPU unknown) it is.
+TEST(PlacementTest, NcclPrefillNeverPairsWithADecodeWorkerOnItsGpu) {
+  Placement placement(PlacementOptions{.prefill_policy = PrefillPolicy::kLeastLoaded});
+  std::vector<WorkerView> workers = {Prefill("prefill-1", 0), Prefill("prefill-2", 900)};
+  workers[0].transports = {"nccl"};
+  workers[0].device_uuid = "GPU-aaaa";
+  workers[1].transports = {"cuda_ipc"};
+  workers[1].device_uuid = "GPU-aaaa";
+  const std::vector<std::string> decode = {"tcp", "cuda_ipc", "nccl"};
+  // The idle nccl worker shares the decode worker's GPU: the busier cuda_ipc one is chosen.
+  std::optional<WorkerView> p = placement.ChoosePrefill(workers, Tokens(40), {}, decode, "GPU-aaaa");
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->id, "prefill-2");
+  // Decode on another GPU, or its GPU unknown: the nccl worker is fine.
+  EXPECT_EQ(placement.ChoosePrefill(workers, Tokens(40, 3), {}, decode, "GPU-bbbb")->id,
+            "prefill-1");
+  EXPECT_EQ(placement.ChoosePrefill(workers, Tokens(40, 5), {}, decode, "")->id, "prefill-1");
+  // Only the nccl worker, on the decode worker's GPU: nobody.
+  workers.pop_back();
+  EXPECT_FALSE(placement.ChoosePrefill(workers, Tokens(40), {}, decode, "GPU-aaaa").has_value());
+}
+
 }  // namespace
 }  // namespace tandem::router
