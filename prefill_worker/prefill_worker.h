@@ -87,9 +87,9 @@ class PrefillWorker final : public v1::Prefill::Service,
   };
 
   void OnKvLayer(int layer, absl::Span<const Engine::KvLayerReady> ready);
-  // The renewer thread: renews the reservations of queued prompts a third of a lease
-  // before they would lapse, one Decode.Renew per decode worker; a ticket the decode worker
-  // reports lost cancels its prefill.
+  // The renewer thread: renews the reservation of each prompt it holds once a third of the
+  // lease has run (two thirds before it would lapse), one Decode.Renew per decode worker; a
+  // ticket the decode worker reports lost cancels its prefill.
   void RenewLeases();
   void RenewAt(const std::string& decode_address, const std::vector<std::shared_ptr<Job>>& jobs,
                absl::Time deadline);
