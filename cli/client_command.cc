@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "cli/commands.h"
@@ -354,14 +355,19 @@ void PrintHealth(const v1::HealthResponse& health, const std::string& router) {
               health.mode().empty() ? "?" : health.mode().c_str(), health.prefill_workers(),
               health.decode_workers());
   if (health.workers().empty()) return;
-  std::printf("\n%-24s %-8s %-22s %15s %8s %14s  %s\n", "ID", "ROLE", "ADDRESS", "FREE/TOTAL KV",
-              "RUNNING", "QUEUED TOKENS", "STATE");
+  std::printf("\n%-24s %-8s %-22s %15s %8s %14s  %-8s %-14s %s\n", "ID", "ROLE", "ADDRESS",
+              "FREE/TOTAL KV", "RUNNING", "QUEUED TOKENS", "STATE", "DEVICE", "KV TRANSPORTS");
   for (const v1::WorkerStatus& w : health.workers()) {
     const std::string blocks = absl::StrFormat("%d/%d", w.free_kv_blocks(), w.total_kv_blocks());
-    std::printf("%-24s %-8s %-22s %15s %8d %14lld  %s\n", w.id().c_str(), w.role().c_str(),
-                w.address().c_str(), blocks.c_str(), w.running_sequences(),
+    // "GPU-" and the UUID's first group tell a node's GPUs apart; the rest is in --json.
+    const std::string device =
+        w.device_uuid().empty() ? "cpu" : std::string(w.device_uuid().substr(0, 12));
+    const std::string transports = absl::StrJoin(w.transports(), ",");
+    std::printf("%-24s %-8s %-22s %15s %8d %14lld  %-8s %-14s %s\n", w.id().c_str(),
+                w.role().c_str(), w.address().c_str(), blocks.c_str(), w.running_sequences(),
                 static_cast<long long>(w.queued_prompt_tokens()),
-                w.draining() ? "draining" : "ready");
+                w.draining() ? "draining" : "ready", device.c_str(),
+                transports.empty() ? "?" : transports.c_str());
   }
 }
 

@@ -72,6 +72,8 @@ v1::HealthResponse MakeHealth(RouterMode mode, absl::Span<const WorkerView> work
     s->set_running_sequences(w.load.running_sequences());
     s->set_queued_prompt_tokens(w.load.queued_prompt_tokens());
     s->set_draining(w.draining);
+    s->mutable_transports()->Assign(w.transports.begin(), w.transports.end());
+    s->set_device_uuid(w.device_uuid);
   }
   health.set_prefill_workers(prefill);
   health.set_decode_workers(decode);

@@ -2,6 +2,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common/strings.h"
 #include "nlohmann/json.hpp"
@@ -126,7 +127,10 @@ nlohmann::json HealthJson(const v1::HealthResponse& health) {
                        {"total_kv_blocks", w.total_kv_blocks()},
                        {"running_sequences", w.running_sequences()},
                        {"queued_prompt_tokens", w.queued_prompt_tokens()},
-                       {"draining", w.draining()}});
+                       {"draining", w.draining()},
+                       {"transports", std::vector<std::string>(w.transports().begin(),
+                                                               w.transports().end())},
+                       {"device_uuid", w.device_uuid()}});
   }
   return nlohmann::json{{"serving", health.serving()},
                         {"status", health.serving() ? "ok" : "unavailable"},

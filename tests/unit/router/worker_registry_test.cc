@@ -1,11 +1,13 @@
 #include "router/worker_registry.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "router/generation_service.h"
 
 namespace tandem::router {
 namespace {
@@ -71,6 +73,33 @@ TEST_F(WorkerRegistryTest, RegisterAssignsIds) {
   EXPECT_EQ(workers[0].address, "127.0.0.1:7002");
   EXPECT_EQ(workers[0].load.free_kv_blocks(), 100);
   EXPECT_FALSE(workers[0].draining);
+}
+
+// What a worker says of its GPU and KV transports reaches placement and Health.
+TEST_F(WorkerRegistryTest, DeviceAndTransportsReachTheViewAndHealth) {
+  v1::RegisterRequest gpu = Request(v1::WORKER_ROLE_DECODE, "127.0.0.1:7002");
+  gpu.set_device_uuid("GPU-1a2b3c4d-0000-1111-2222-333344445555");
+  gpu.add_transports("tcp");
+  gpu.add_transports("cuda_ipc");
+  auto d = registry_->Register(gpu);
+  auto p = registry_->Register(Request(v1::WORKER_ROLE_PREFILL, "127.0.0.1:7001"));
+  ASSERT_TRUE(d.ok() && p.ok());
+  const std::optional<WorkerView> view = registry_->Find(*d);
+  ASSERT_TRUE(view.has_value());
+  EXPECT_EQ(view->device_uuid, "GPU-1a2b3c4d-0000-1111-2222-333344445555");
+  EXPECT_THAT(view->transports, ElementsAre("tcp", "cuda_ipc"));
+
+  const v1::HealthResponse health = MakeHealth(RouterMode::kDisaggregated, registry_->Snapshot());
+  ASSERT_EQ(health.workers_size(), 2);
+  for (const v1::WorkerStatus& w : health.workers()) {
+    if (w.id() == *d) {
+      EXPECT_EQ(w.device_uuid(), "GPU-1a2b3c4d-0000-1111-2222-333344445555");
+      EXPECT_THAT(w.transports(), ElementsAre("tcp", "cuda_ipc"));
+    } else {
+      EXPECT_EQ(w.device_uuid(), "");  // a CPU worker
+      EXPECT_TRUE(w.transports().empty());
+    }
+  }
 }
 
 TEST_F(WorkerRegistryTest, RefusesAnotherModel) {
