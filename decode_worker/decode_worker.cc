@@ -79,6 +79,15 @@ std::shared_ptr<DecodeWorker::Ticket> DecodeWorker::FindTicket(uint64_t ticket_i
   return it == tickets_.end() ? nullptr : it->second;
 }
 
+void DecodeWorker::TicketToProto(const Ticket& ticket, const std::string& address,
+                                 v1::Ticket* out) {
+  out->set_request_id(ticket.request_id);
+  out->set_ticket_id(ticket.id);
+  out->set_decode_address(address);
+  out->set_deadline_unix_s(absl::ToDoubleSeconds(ticket.deadline - absl::UnixEpoch()));
+  out->set_lease_s(absl::ToDoubleSeconds(ticket.lease));
+}
+
 grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
                                    const v1::ReserveRequest* request,
                                    v1::ReserveResponse* response) {
@@ -126,12 +135,7 @@ grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
   metrics_->CountReservation(status);
   if (!status.ok()) return ToGrpcStatus(status);
 
-  v1::Ticket* out = response->mutable_ticket();
-  out->set_request_id(ticket->request_id);
-  out->set_ticket_id(ticket->id);
-  out->set_decode_address(address);
-  out->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
-  out->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
+  TicketToProto(*ticket, address, response->mutable_ticket());
   return grpc::Status::OK;
 }
 
@@ -156,12 +160,7 @@ grpc::Status DecodeWorker::Renew(grpc::ServerContext* context, const v1::RenewRe
       ticket->deadline = now + ticket->lease;
       ticket->engine_deadline_stale = true;
     }
-    v1::Ticket* renewed = response->add_renewed();
-    renewed->set_request_id(ticket->request_id);
-    renewed->set_ticket_id(ticket->id);
-    renewed->set_decode_address(address_);
-    renewed->set_deadline_unix_s(absl::ToDoubleSeconds(ticket->deadline - absl::UnixEpoch()));
-    renewed->set_lease_s(absl::ToDoubleSeconds(ticket->lease));
+    TicketToProto(*ticket, address_, response->add_renewed());
   }
   metrics_->CountRenewals(response->renewed_size(), response->lost_ticket_ids_size());
   return grpc::Status::OK;

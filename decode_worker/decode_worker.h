@@ -111,6 +111,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
   // by another prefill worker, or released if it was cancelled meanwhile.
   void AbandonTransfer(uint64_t ticket_id);
   std::shared_ptr<Ticket> FindTicket(uint64_t ticket_id) const;
+  // What the router and prefill workers see of a ticket (Reserve, Renew).
+  static void TicketToProto(const Ticket& ticket, const std::string& address, v1::Ticket* out);
   // Forgets a finished ticket once no Stream handler can still read it.
   void MaybeErase(Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseStream(Ticket& ticket);

@@ -203,18 +203,32 @@ TEST(LayerTransferTest, DisaggregatedDecodeMatchesLocalDecodeBitForBit) {
   EXPECT_FALSE(BitIdentical(without_kv.logits[0], local.logits[0]));
 }
 
+// Two workers of the tiny model over a TCP pair, the prompt prefilled into blocks 0-3 of
+// the first.
+struct PrefilledPair {
+  PrefilledPair()
+      : config(*ModelConfig::Preset("tiny")),
+        prefill(config),
+        decode(config),
+        layout(KvLayout::For(config, kBlockSize, KvDtype::kF16)),
+        pair(Connected()) {
+    Prefill(*prefill.runner, Prompt(config.vocab_size), {0, 1, 2, 3});
+  }
+  const ModelConfig config;
+  Worker prefill, decode;
+  const KvLayout layout;
+  TransportPair pair;
+};
+
 TEST(LayerTransferTest, ReusesStagingAcrossTransfers) {
-  const ModelConfig config = *ModelConfig::Preset("tiny");
-  Worker prefill(config), decode(config);
-  const KvLayout layout = KvLayout::For(config, kBlockSize, KvDtype::kF16);
-  Prefill(*prefill.runner, Prompt(config.vocab_size), {0, 1, 2, 3});
-  TransportPair pair = Connected();
-  auto sender = LayerSender::Create(prefill.runner.get(), layout, layout, pair.prefill_side.get());
-  auto receiver =
-      LayerReceiver::Create(decode.runner.get(), layout, layout, pair.decode_side.get());
+  PrefilledPair w;
+  auto sender = LayerSender::Create(w.prefill.runner.get(), w.layout, w.layout,
+                                    w.pair.prefill_side.get());
+  auto receiver = LayerReceiver::Create(w.decode.runner.get(), w.layout, w.layout,
+                                        w.pair.decode_side.get());
   ASSERT_TRUE(sender.ok() && receiver.ok());
   // Three transfers of shrinking sequences over one channel.
-  TransferAll(prefill, decode, **sender, **receiver,
+  TransferAll(w.prefill, w.decode, **sender, **receiver,
               {{{0, 1, 2, 3}, {9, 8, 7, 6}, 50}, {{1, 2}, {20, 21}, 20}, {{3}, {40}, 16}});
 }
 
@@ -240,11 +254,11 @@ class CountingHostAllocator : public StagingAllocator {
 };
 
 TEST(LayerTransferTest, StagesInTheAllocatorsMemoryWhenGivenOne) {
-  const ModelConfig config = *ModelConfig::Preset("tiny");
-  Worker prefill(config), decode(config);
-  const KvLayout layout = KvLayout::For(config, kBlockSize, KvDtype::kF16);
-  Prefill(*prefill.runner, Prompt(config.vocab_size), {0, 1, 2, 3});
-  TransportPair pair = Connected();
+  PrefilledPair w;
+  Worker& prefill = w.prefill;
+  Worker& decode = w.decode;
+  const KvLayout& layout = w.layout;
+  TransportPair& pair = w.pair;
   CountingHostAllocator sender_memory, receiver_memory;
   {
     LayerTransferOptions sender_options, receiver_options;

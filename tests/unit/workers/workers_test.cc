@@ -104,6 +104,16 @@ class WorkersTest : public ::testing::Test {
     return reference_->tokenizer()->Encode(*text, /*parse_special=*/true);
   }
 
+  // The single-process engine's greedy continuation: what the workers must reproduce.
+  static absl::StatusOr<GenerationResult> ReferenceGreedy(const std::vector<int32_t>& prompt,
+                                                          int max_tokens) {
+    GenerationRequest request;
+    request.prompt_tokens = prompt;
+    request.params.max_tokens = max_tokens;
+    request.params.sampling.temperature = 0;
+    return reference_->Generate(request);
+  }
+
   struct Result {
     std::vector<int32_t> tokens;
     std::string text;
@@ -182,11 +192,7 @@ TEST_F(WorkersTest, DisaggregatedGreedyEqualsSingleProcess) {
        {"What is the capital of France?", "Write a haiku about the sea.",
         "Explain photosynthesis to a child in two sentences."}) {
     const std::vector<int32_t> prompt = ChatTokens(question);
-    GenerationRequest request;
-    request.prompt_tokens = prompt;
-    request.params.max_tokens = 24;
-    request.params.sampling.temperature = 0;
-    auto expected = reference_->Generate(request);
+    auto expected = ReferenceGreedy(prompt, 24);
     ASSERT_TRUE(expected.ok()) << expected.status();
 
     Result got = RunDisaggregated(prompt, 24);
@@ -233,11 +239,7 @@ TEST_F(WorkersTest, UnusedReservationExpires) {
 TEST_F(WorkersTest, PrefillWorkerRenewsTheReservationItHolds) {
   std::vector<int32_t> prompt = ChatTokens("Tell me about the river, the stone and the lantern.");
   while (prompt.size() < 700) prompt.push_back(prompt[prompt.size() % 20 + 1]);
-  GenerationRequest request;
-  request.prompt_tokens = prompt;
-  request.params.max_tokens = 8;
-  request.params.sampling.temperature = 0;
-  auto expected = reference_->Generate(request);
+  auto expected = ReferenceGreedy(prompt, 8);
   ASSERT_TRUE(expected.ok()) << expected.status();
   const absl::Time start = absl::Now();
   Result result = RunDisaggregated(prompt, 8, -1, /*lease_s=*/0.15);
