@@ -116,7 +116,10 @@ absl::Status PrefillWorker::WaitFor(Job& job, grpc::ServerContext* context, absl
       mu_.AwaitWithDeadline(absl::Condition(&done),
                             std::min(deadline, absl::Now() + kPollInterval));
       if (ready()) return absl::OkStatus();
-      if (job.cancelled) return absl::CancelledError("prefill cancelled");
+      if (job.cancelled) {
+        return absl::CancelledError(job.cancel_reason.empty() ? "prefill cancelled"
+                                                              : job.cancel_reason);
+      }
       if (job.finish_reason == FinishReason::kAborted) {
         return absl::AbortedError("the engine aborted the prefill");
       }
@@ -207,8 +210,9 @@ void PrefillWorker::RenewAt(const std::string& decode_address,
   for (uint64_t ticket_id : response.lost_ticket_ids()) {
     Job* job = find(ticket_id);
     if (job == nullptr || !job->renewing) continue;
-    LOG(WARNING) << "prefill of " << job->request_id << " stopped: decode worker "
-                 << decode_address << " no longer holds ticket " << ticket_id;
+    job->cancel_reason = Cat("decode worker ", decode_address, " no longer holds ticket ",
+                             ticket_id, ": prefill stopped");
+    LOG(WARNING) << "prefill of " << job->request_id << ": " << job->cancel_reason;
     job->cancelled = true;
   }
 }

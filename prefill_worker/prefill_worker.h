@@ -76,6 +76,7 @@ class PrefillWorker final : public v1::Prefill::Service,
     FinishReason finish_reason = FinishReason::kNone;
     absl::Time prefill_done;
     bool cancelled = false;
+    std::string cancel_reason;  // why, when not the caller's own cancel
     // The decode reservation this prompt's KV goes to, kept alive by Renew calls until the
     // transfer begins (RenewLeases).
     uint64_t ticket_id = 0;

@@ -251,6 +251,49 @@ TEST_F(WorkersTest, PrefillWorkerRenewsTheReservationItHolds) {
   EXPECT_EQ(prefill_->num_requests(), 0);
 }
 
+// The decode worker dropped the ticket (cancelled here; expired or restarted alike): the
+// prefill worker learns it at its first renewal and stops, instead of computing the whole
+// prompt to be refused at Begin (which would end FAILED_PRECONDITION).
+TEST_F(WorkersTest, PrefillStopsWhenTheDecodeWorkerNoLongerHoldsTheTicket) {
+  std::vector<int32_t> prompt = ChatTokens("Tell me about the river, the stone and the lantern.");
+  while (prompt.size() < 700) prompt.push_back(prompt[prompt.size() % 20 + 1]);
+  const int64_t prefill_free = PrefillLoad().free_kv_blocks();
+  v1::ReserveRequest reserve;
+  reserve.set_request_id("dropped");
+  reserve.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
+  reserve.mutable_sampling()->set_max_tokens(4);
+  reserve.set_deadline_s(0.3);
+  v1::ReserveResponse reserved;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(decode_stub_->Reserve(&context, reserve, &reserved).ok());
+  }
+  {
+    v1::CancelRequest cancel;
+    cancel.set_ticket_id(reserved.ticket().ticket_id());
+    v1::CancelResponse cancelled;
+    grpc::ClientContext context;
+    ASSERT_TRUE(decode_stub_->Cancel(&context, cancel, &cancelled).ok());
+  }
+  v1::PrefillRequest request;
+  request.set_request_id("dropped");
+  *request.mutable_prompt_token_ids() = reserve.prompt_token_ids();
+  *request.mutable_sampling() = reserve.sampling();
+  *request.mutable_ticket() = reserved.ticket();
+  v1::PrefillResponse response;
+  grpc::ClientContext context;
+  const grpc::Status status = prefill_stub_->Prefill(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("no longer holds ticket"));
+  const absl::Time limit = absl::Now() + absl::Seconds(10);
+  while ((prefill_->num_requests() > 0 || PrefillLoad().free_kv_blocks() != prefill_free) &&
+         absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(prefill_->num_requests(), 0);
+  EXPECT_EQ(PrefillLoad().free_kv_blocks(), prefill_free);
+}
+
 TEST_F(WorkersTest, RenewReportsTicketsItNoLongerHolds) {
   v1::ReserveResponse reserved;
   ASSERT_TRUE(ReserveTokens(*decode_stub_, "renewed", 20, 0.2, &reserved).ok());
