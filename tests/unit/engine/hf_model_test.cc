@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/default_model.h"
 #include "tests/testing/test_env.h"
 
 namespace tandem {
@@ -131,17 +132,7 @@ TEST(HfConfigTest, ReadsALlamaConfig) {
   absl::StatusOr<ModelConfig> c = ModelConfigFromHfConfig(SmolConfig().dump(), "dir");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->name, "SmolLM2 135M Instruct");
-  EXPECT_EQ(c->n_layers, 30);
-  EXPECT_EQ(c->hidden, 576);
-  EXPECT_EQ(c->n_heads, 9);
-  EXPECT_EQ(c->n_kv_heads, 3);
-  EXPECT_EQ(c->head_dim, 64);
-  EXPECT_EQ(c->ffn_dim, 1536);
-  EXPECT_EQ(c->vocab_size, 49152);
-  EXPECT_EQ(c->context_length, 8192);
-  EXPECT_FLOAT_EQ(c->rope_theta, 100000.0f);
-  EXPECT_FLOAT_EQ(c->rms_norm_eps, 1e-5f);
-  EXPECT_TRUE(c->tied_embeddings);
+  testing::ExpectDefaultModelShape(*c);
   EXPECT_EQ(c->rope_layout, RopeLayout::kHalfSplit);
   // The same shape with GGUF's row order is another model as far as KV goes.
   ModelConfig gguf_order = *c;

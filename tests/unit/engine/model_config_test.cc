@@ -6,6 +6,7 @@
 #include "engine/gguf_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/default_model.h"
 #include "tests/testing/test_env.h"
 
 namespace tandem {
@@ -44,17 +45,7 @@ TEST(ModelConfigTest, ReadsTheDefaultModel) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->architecture, "llama");
   EXPECT_EQ(c->name, "Smollm2 135M 8k Lc100K Mix1 Ep2");
-  EXPECT_EQ(c->n_layers, 30);
-  EXPECT_EQ(c->hidden, 576);
-  EXPECT_EQ(c->n_heads, 9);
-  EXPECT_EQ(c->n_kv_heads, 3);
-  EXPECT_EQ(c->head_dim, 64);
-  EXPECT_EQ(c->ffn_dim, 1536);
-  EXPECT_EQ(c->vocab_size, 49152);
-  EXPECT_EQ(c->context_length, 8192);
-  EXPECT_FLOAT_EQ(c->rope_theta, 100000.0f);
-  EXPECT_FLOAT_EQ(c->rms_norm_eps, 1e-5f);
-  EXPECT_TRUE(c->tied_embeddings);
+  testing::ExpectDefaultModelShape(*c);
   EXPECT_EQ(c->rope_layout, RopeLayout::kAdjacentPairs);
   EXPECT_TRUE(c->Validate().ok());
   EXPECT_THAT(c->Fingerprint(), HasSubstr("llama-L30-kv3-hd64-"));
