@@ -33,18 +33,15 @@ class StepKvWrites {
     blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     absl::MutexLock lock(&mu_);
     blocks_.swap(blocks);
-    in_flight_ = true;
   }
   // The step's work has finished (or failed). The engine thread only.
   void End() {
     absl::MutexLock lock(&mu_);
-    in_flight_ = false;
     blocks_.clear();
   }
   // Whether a step in flight writes any of `blocks`. Any thread.
   bool Touches(absl::Span<const int32_t> blocks) const {
     absl::MutexLock lock(&mu_);
-    if (!in_flight_) return false;
     for (int32_t b : blocks) {
       if (std::binary_search(blocks_.begin(), blocks_.end(), b)) return true;
     }
@@ -53,8 +50,8 @@ class StepKvWrites {
 
  private:
   mutable absl::Mutex mu_;
-  bool in_flight_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<int32_t> blocks_ ABSL_GUARDED_BY(mu_);  // sorted, unique
+  // Sorted, unique; empty when no step is in flight.
+  std::vector<int32_t> blocks_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tandem
