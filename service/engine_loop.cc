@@ -80,10 +80,16 @@ void EngineLoop::Run() {
       }
       if (!outputs->empty() && on_outputs_) on_outputs_(engine, *outputs);
     }
-    absl::MutexLock lock(&mu_);
-    stats_ = engine.stats();
-    prefix_cache_stats_ = engine.kv_cache().prefix_cache_stats();
+    RefreshStats(engine);
   }
+}
+
+void EngineLoop::RefreshStats(const Engine& engine) {
+  const EngineStats stats = engine.stats();
+  const PrefixCacheStats prefix = engine.kv_cache().prefix_cache_stats();
+  absl::MutexLock lock(&mu_);
+  stats_ = stats;
+  prefix_cache_stats_ = prefix;
 }
 
 }  // namespace tandem

@@ -47,18 +47,22 @@ class EngineLoop {
     using R = std::invoke_result_t<Fn, Engine&>;
     auto promise = std::make_shared<std::promise<R>>();
     std::future<R> future = promise->get_future();
-    Post([promise, fn = std::move(fn)](Engine& engine) mutable {
+    Post([this, promise, fn = std::move(fn)](Engine& engine) mutable {
       if constexpr (std::is_void_v<R>) {
         fn(engine);
+        RefreshStats(engine);
         promise->set_value();
       } else {
-        promise->set_value(fn(engine));
+        R result = fn(engine);
+        RefreshStats(engine);
+        promise->set_value(std::move(result));
       }
     });
     return future.get();
   }
 
-  // The engine's figures after the last iteration (any thread).
+  // The engine's figures after the last iteration, or after the last Call that returned
+  // (a reservation shows in the free blocks once Reserve's Call is back). Any thread.
   EngineStats stats() const;
   PrefixCacheStats prefix_cache_stats() const;
   // Observes every Step's wall time in `histogram` (which must outlive the loop; null:
@@ -70,6 +74,8 @@ class EngineLoop {
 
  private:
   void Run();
+  // Publishes the engine's figures for stats() and prefix_cache_stats(). Engine thread.
+  void RefreshStats(const Engine& engine) ABSL_LOCKS_EXCLUDED(mu_);
 
   std::unique_ptr<Engine> engine_;
   const OutputHandler on_outputs_;
