@@ -12,16 +12,28 @@ GenerationService::GenerationService(const RouterOptions& options, const RouterM
                                      WorkerRegistry& registry, RequestCoordinator& coordinator)
     : options_(options), model_(model), registry_(registry), coordinator_(coordinator) {}
 
-grpc::Status GenerationService::Generate(grpc::ServerContext* context,
-                                         const v1::GenerateRequest* request,
-                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+namespace {
+
+// A Generate call refused before it started: its status and nothing else.
+class RefusedGenerate final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit RefusedGenerate(grpc::Status status) { Finish(std::move(status)); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const absl::Time received = absl::Now();
-  if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) {
+    return new RefusedGenerate(ToGrpcStatus(s));
+  }
   absl::StatusOr<ValidatedRequest> validated = ValidateGenerateRequest(*request, model_);
   if (!validated.ok()) {
     grpc::Status refused = ToGrpcStatus(validated.status());
     coordinator_.CountRejected(refused);
-    return refused;
+    return new RefusedGenerate(std::move(refused));
   }
 
   if (in_flight_.fetch_add(1) >= options_.max_queue) {
@@ -29,31 +41,36 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
     grpc::Status full(grpc::StatusCode::RESOURCE_EXHAUSTED,
                       Cat("router queue full (", options_.max_queue, " requests)"));
     coordinator_.CountRejected(full);
-    return full;
+    return new RefusedGenerate(std::move(full));
   }
-  grpc::Status status =
-      coordinator_.Generate(*context, *request, std::move(*validated), received, *writer);
-  in_flight_.fetch_sub(1);
-  return status;
+  return coordinator_.Generate(context, *request, std::move(*validated), received,
+                               [this] { in_flight_.fetch_sub(1); });
 }
 
-grpc::Status GenerationService::ListModels(grpc::ServerContext* context,
-                                           const v1::ListModelsRequest* request,
-                                           v1::ListModelsResponse* response) {
-  if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) return ToGrpcStatus(s);
+grpc::ServerUnaryReactor* GenerationService::ListModels(grpc::CallbackServerContext* context,
+                                                        const v1::ListModelsRequest* request,
+                                                        v1::ListModelsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   v1::ModelInfo* info = response->add_models();
   info->set_id(model_.id());
   info->set_context_length(model_.context_length());
   info->set_fingerprint(model_.fingerprint());
-  return grpc::Status::OK;
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
-grpc::Status GenerationService::Health(grpc::ServerContext* context,
-                                       const v1::HealthRequest* request,
-                                       v1::HealthResponse* response) {
+grpc::ServerUnaryReactor* GenerationService::Health(grpc::CallbackServerContext* context,
+                                                    const v1::HealthRequest* request,
+                                                    v1::HealthResponse* response) {
   // NOTE: no API key: load balancers and `tandem client --health` probe it.
   *response = MakeHealth(options_.mode, registry_.Snapshot());
-  return grpc::Status::OK;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 v1::HealthResponse MakeHealth(RouterMode mode, absl::Span<const WorkerView> workers) {

@@ -1,5 +1,6 @@
 // The public Generation service (generation.proto): validation and admission for
-// Generate (the RequestCoordinator does the rest), ListModels and Health.
+// Generate (the RequestCoordinator does the rest), ListModels and Health. gRPC's callback
+// API: no thread waits on a call.
 #ifndef TANDEM_ROUTER_GENERATION_SERVICE_H_
 #define TANDEM_ROUTER_GENERATION_SERVICE_H_
 
@@ -14,18 +15,20 @@
 
 namespace tandem::router {
 
-class GenerationService final : public v1::Generation::Service {
+class GenerationService final : public v1::Generation::CallbackService {
  public:
   // Every reference must outlive the service.
   GenerationService(const RouterOptions& options, const RouterModel& model,
                     WorkerRegistry& registry, RequestCoordinator& coordinator);
 
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
-  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
-                          v1::ListModelsResponse* response) override;
-  grpc::Status Health(grpc::ServerContext* context, const v1::HealthRequest* request,
-                      v1::HealthResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* context,
+                                   const v1::HealthRequest* request,
+                                   v1::HealthResponse* response) override;
 
   // Requests admitted and not finished.
   int in_flight() const { return in_flight_.load(); }

@@ -1,50 +1,62 @@
 #include "router/prefill_gate.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace tandem::router {
-namespace {
 
-// How often a waiter looks at its client and the worker count while it waits.
-constexpr absl::Duration kRecheck = absl::Milliseconds(20);
+bool PrefillGate::Fits(int64_t tokens) const {
+  if (tokens_per_worker_ <= 0 || in_flight_ == 0) return true;
+  return in_flight_ + tokens <= tokens_per_worker_ * std::max(1, prefill_workers_());
+}
 
-}  // namespace
-
-bool PrefillGate::Acquire(int64_t tokens, const std::function<int()>& prefill_workers,
-                          absl::Time deadline, const std::function<bool()>& gone) {
-  if (tokens_per_worker_ <= 0) return true;
-  absl::MutexLock lock(&mu_);
-  const uint64_t ticket = next_ticket_++;
-  queue_.push_back(ticket);
-  while (true) {
-    if (queue_.front() == ticket) {
-      const int64_t bound = tokens_per_worker_ * std::max(1, prefill_workers());
-      if (in_flight_ == 0 || in_flight_ + tokens <= bound) {
-        queue_.pop_front();
-        in_flight_ += tokens;
-        changed_.SignalAll();  // the next in line may fit too
-        return true;
-      }
-    }
-    mu_.Unlock();
-    const bool give_up = gone() || absl::Now() >= deadline;
-    mu_.Lock();
-    if (give_up) {
-      queue_.erase(std::find(queue_.begin(), queue_.end(), ticket));
-      changed_.SignalAll();
-      return false;
-    }
-    // Woken by Release and by the waiter ahead leaving; the timeout also notices a
-    // cancelled client and a changed worker count.
-    changed_.WaitWithTimeout(&mu_, kRecheck);
+std::vector<std::function<void()>> PrefillGate::AdmitLocked() {
+  std::vector<std::function<void()>> admitted;
+  while (!queue_.empty() && Fits(queue_.front().tokens)) {
+    in_flight_ += queue_.front().tokens;
+    admitted.push_back(std::move(queue_.front().admitted));
+    queue_.pop_front();
   }
+  return admitted;
+}
+
+void PrefillGate::RunAll(std::vector<std::function<void()>> callbacks) {
+  for (std::function<void()>& fn : callbacks) fn();
+}
+
+PrefillGate::Waiter PrefillGate::Enqueue(int64_t tokens, std::function<void()> admitted) {
+  absl::MutexLock lock(&mu_);
+  if (queue_.empty() && Fits(tokens)) {
+    in_flight_ += tokens;
+    return 0;
+  }
+  const Waiter id = next_id_++;
+  queue_.push_back(Waiting{id, tokens, std::move(admitted)});
+  return id;
+}
+
+bool PrefillGate::Withdraw(Waiter id) {
+  std::vector<std::function<void()>> admitted;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it =
+        std::find_if(queue_.begin(), queue_.end(), [id](const Waiting& w) { return w.id == id; });
+    if (it == queue_.end()) return false;
+    queue_.erase(it);
+    admitted = AdmitLocked();  // the waiter behind it may fit
+  }
+  RunAll(std::move(admitted));
+  return true;
 }
 
 void PrefillGate::Release(int64_t tokens) {
-  if (tokens_per_worker_ <= 0) return;
-  absl::MutexLock lock(&mu_);
-  in_flight_ -= tokens;
-  changed_.SignalAll();
+  std::vector<std::function<void()>> admitted;
+  {
+    absl::MutexLock lock(&mu_);
+    in_flight_ -= tokens;
+    admitted = AdmitLocked();
+  }
+  RunAll(std::move(admitted));
 }
 
 int64_t PrefillGate::in_flight() const {

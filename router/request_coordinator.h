@@ -4,22 +4,26 @@
 // final message. A failed D is replaced: the request resumes on another D from the tokens
 // generated so far. Client cancellation or deadline cancels both legs (docs/SERVING.md).
 //
-// Thread-safe: one Generate per gRPC handler thread; each runs its prefill on a thread of
-// its own so tokens flow while the Prefill call is outstanding.
+// Every call is asynchronous (gRPC's callback API, one reactor per call): a request waiting
+// in the prefill gate, for a decode worker, or for its tokens holds no thread, so the
+// router's threads do not grow with the requests in flight.
+//
+// Thread-safe.
 #ifndef TANDEM_ROUTER_REQUEST_COORDINATOR_H_
 #define TANDEM_ROUTER_REQUEST_COORDINATOR_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/timer_queue.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/support/sync_stream.h"
 #include "router/placement.h"
 #include "router/prefill_gate.h"
-#include "router/router_model.h"
 #include "router/router_metrics.h"
+#include "router/router_model.h"
 #include "router/router_options.h"
 #include "router/validate.h"
 #include "router/worker_channels.h"
@@ -37,13 +41,16 @@ class RequestCoordinator {
   RequestCoordinator(const RequestCoordinator&) = delete;
   RequestCoordinator& operator=(const RequestCoordinator&) = delete;
 
-  // Runs `request` (already validated into `validated`) to its end: deltas, then one final
-  // message on `writer`. `received` is when the router got the request (timings count
-  // from it). Returns the call's status: OK, CANCELLED (the client left), or the error
-  // that ended it (UNAVAILABLE, RESOURCE_EXHAUSTED, a worker's INVALID_ARGUMENT, ...).
-  grpc::Status Generate(grpc::ServerContext& context, const v1::GenerateRequest& request,
-                        ValidatedRequest validated, absl::Time received,
-                        grpc::ServerWriterInterface<v1::GenerateResponse>& writer);
+  // Starts `request` (already validated into `validated`) and returns the reactor that
+  // runs it to its end: deltas, then one final message, then the call's status: OK,
+  // CANCELLED (the client left), or the error that ended it (UNAVAILABLE,
+  // RESOURCE_EXHAUSTED, a worker's INVALID_ARGUMENT, ...). `received` is when the router got
+  // the request (timings count from it); `on_done` runs once gRPC is done with the call.
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
+                                                           const v1::GenerateRequest& request,
+                                                           ValidatedRequest validated,
+                                                           absl::Time received,
+                                                           std::function<void()> on_done);
 
   // Counts a request refused before Generate (validation, a full queue) in
   // tandem:requests_total; Generate counts every other.
@@ -67,6 +74,9 @@ class RequestCoordinator {
   const std::string id_prefix_;
   std::atomic<uint64_t> next_request_{1};
   PrefillGate prefill_gate_;
+  // The calls' backoffs, pauses and queue deadlines. Last: it goes first, with any call a
+  // timer still holds, while what the calls use is still there.
+  TimerQueue timers_;
 };
 
 }  // namespace tandem::router

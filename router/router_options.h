@@ -30,7 +30,7 @@ struct RouterOptions {
   std::string model = "default";  // "default" or a GGUF path
   RouterMode mode = RouterMode::kDisaggregated;
   PrefillPolicy prefill_policy = PrefillPolicy::kAffinity;
-  int max_queue = 256;  // requests admitted and not finished; beyond: RESOURCE_EXHAUSTED
+  int max_queue = 4096;  // requests admitted and not finished; beyond: RESOURCE_EXHAUSTED
   absl::Duration heartbeat_interval = absl::Milliseconds(500);
   int auto_local_max_tokens = 256;  // auto mode: prefill on D up to this many prompt tokens
   // Reserve's deadline_s: the lease of a decode reservation, which the prefill worker holding

@@ -38,7 +38,7 @@ std::string_view BearerToken(std::string_view authorization) {
   return Trim(authorization.substr(kScheme.size()));
 }
 
-std::string_view Metadata(const grpc::ServerContext& context, std::string_view name) {
+std::string_view Metadata(const grpc::ServerContextBase& context, std::string_view name) {
   const auto& metadata = context.client_metadata();
   auto it = metadata.find(grpc::string_ref(name.data(), name.size()));
   if (it == metadata.end()) return {};
@@ -166,7 +166,7 @@ void AddApiKeyMetadata(grpc::ClientContext& context, const std::string& key) {
   if (!key.empty()) context.AddMetadata("authorization", Cat("Bearer ", key));
 }
 
-absl::Status ApiKeys::CheckGrpc(const grpc::ServerContext& context) const {
+absl::Status ApiKeys::CheckGrpc(const grpc::ServerContextBase& context) const {
   if (!enabled()) return absl::OkStatus();
   return Check(Metadata(context, "authorization"), Metadata(context, "x-api-key"));
 }

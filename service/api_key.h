@@ -52,7 +52,7 @@ class ApiKeys {
   absl::Status Check(std::string_view authorization, std::string_view x_api_key) const;
 
   // Check on a gRPC call's metadata ("authorization", "x-api-key").
-  absl::Status CheckGrpc(const grpc::ServerContext& context) const;
+  absl::Status CheckGrpc(const grpc::ServerContextBase& context) const;
 
   // Compares two equally long byte strings in time that depends on the length only.
   static bool ConstantTimeEquals(std::string_view a, std::string_view b);

@@ -1,6 +1,7 @@
 """256 concurrent streaming clients (the official `openai` package, asyncio) hold chat
 streams against router + 1 prefill + 1 decode worker for 60 seconds: every stream must
-end with a finish reason and usage, and none may fail. Prints what the router carried.
+end with a finish reason and usage, and none may fail; the router's threads must not grow
+with the streams. Prints what the router carried.
 
 TANDEM_LOAD_CLIENTS (256) and TANDEM_LOAD_SECONDS (60) resize it."""
 
@@ -63,6 +64,10 @@ class LoadTest(unittest.TestCase):
                   f" tokens/s), errors {len(stats['errors'])}, router threads at most "
                   f"{max(peak_threads)}")
             self.assertEqual(stats["errors"], [], c.tails() if stats["errors"] else "")
+            # The router is asynchronous: its threads are gRPC's and its own few, however
+            # many requests are in flight (a thread per request would be CLIENTS or more).
+            self.assertLess(max(peak_threads), 64 + 2 * (os.cpu_count() or 1),
+                            "the router's threads grow with the requests in flight")
             self.assertEqual(sorted(stats["per_client"].keys()), list(range(CLIENTS)))
             self.assertTrue(all(n >= 1 for n in stats["per_client"].values()))
             status, health = c.health()

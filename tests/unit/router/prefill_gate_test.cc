@@ -4,28 +4,32 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 
 namespace tandem::router {
 namespace {
 
-const auto kOneWorker = [] { return 1; };
-const auto kNeverGone = [] { return false; };
-
-absl::Time Soon() { return absl::Now() + absl::Seconds(30); }
+int OneWorker() { return 1; }
 
 TEST(PrefillGate, AdmitsUpToTheBoundPerWorker) {
-  PrefillGate gate(100);
-  EXPECT_TRUE(gate.Acquire(60, kOneWorker, Soon(), kNeverGone));
-  EXPECT_TRUE(gate.Acquire(40, kOneWorker, Soon(), kNeverGone));
+  int workers = 1;
+  PrefillGate gate(100, [&] { return workers; });
+  EXPECT_EQ(gate.Enqueue(60, nullptr), 0u);
+  EXPECT_EQ(gate.Enqueue(40, nullptr), 0u);
   EXPECT_EQ(gate.in_flight(), 100);
-  // Full: a third waits until its deadline and takes nothing.
-  EXPECT_FALSE(gate.Acquire(1, kOneWorker, absl::Now() + absl::Milliseconds(50), kNeverGone));
+  // Full: a third waits, taking nothing, until it leaves.
+  bool admitted = false;
+  const PrefillGate::Waiter waiter = gate.Enqueue(1, [&] { admitted = true; });
+  ASSERT_NE(waiter, 0u);
+  EXPECT_EQ(gate.waiting(), 1);
+  EXPECT_TRUE(gate.Withdraw(waiter));
+  EXPECT_FALSE(gate.Withdraw(waiter));  // gone already
+  EXPECT_FALSE(admitted);
   EXPECT_EQ(gate.in_flight(), 100);
   EXPECT_EQ(gate.waiting(), 0);
   // Two workers double the bound.
-  EXPECT_TRUE(gate.Acquire(100, [] { return 2; }, Soon(), kNeverGone));
+  workers = 2;
+  EXPECT_EQ(gate.Enqueue(100, nullptr), 0u);
   gate.Release(60);
   gate.Release(40);
   gate.Release(100);
@@ -33,63 +37,73 @@ TEST(PrefillGate, AdmitsUpToTheBoundPerWorker) {
 }
 
 TEST(PrefillGate, APromptLargerThanTheBoundPassesAlone) {
-  PrefillGate gate(100);
-  EXPECT_TRUE(gate.Acquire(5000, kOneWorker, Soon(), kNeverGone));
-  EXPECT_FALSE(gate.Acquire(1, kOneWorker, absl::Now() + absl::Milliseconds(30), kNeverGone));
-  gate.Release(5000);
-  EXPECT_TRUE(gate.Acquire(1, kOneWorker, Soon(), kNeverGone));
+  PrefillGate gate(100, OneWorker);
+  EXPECT_EQ(gate.Enqueue(5000, nullptr), 0u);
+  int admitted = 0;
+  ASSERT_NE(gate.Enqueue(1, [&] { ++admitted; }), 0u);
+  gate.Release(5000);  // admits the waiter, on this thread
+  EXPECT_EQ(admitted, 1);
+  EXPECT_EQ(gate.in_flight(), 1);
 }
 
 TEST(PrefillGate, NoBoundWhenZero) {
-  PrefillGate gate(0);
-  for (int i = 0; i < 10; ++i) EXPECT_TRUE(gate.Acquire(1 << 20, kOneWorker, Soon(), kNeverGone));
+  PrefillGate gate(0, OneWorker);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(gate.Enqueue(1 << 20, nullptr), 0u);
 }
 
-TEST(PrefillGate, AGoneClientLeavesTheQueue) {
-  PrefillGate gate(10);
-  ASSERT_TRUE(gate.Acquire(10, kOneWorker, Soon(), kNeverGone));
-  std::atomic<bool> gone{false};
-  std::thread waiter([&] {
-    EXPECT_FALSE(gate.Acquire(5, kOneWorker, Soon(), [&] { return gone.load(); }));
-  });
-  while (gate.waiting() == 0) absl::SleepFor(absl::Milliseconds(1));
-  gone = true;
-  waiter.join();
-  EXPECT_EQ(gate.waiting(), 0);
-  EXPECT_EQ(gate.in_flight(), 10);
-}
-
-// Waiters are admitted in arrival order: a small prompt does not overtake a large one.
+// Waiters are admitted in arrival order: a small prompt does not overtake a large one, and
+// one that leaves lets the next in.
 TEST(PrefillGate, FirstComeFirstServed) {
-  PrefillGate gate(100);
-  ASSERT_TRUE(gate.Acquire(100, kOneWorker, Soon(), kNeverGone));
-  std::atomic<bool> admitted[3] = {false, false, false};
-  std::vector<std::thread> waiters;
-  const int sizes[] = {90, 10, 10};
-  for (int i = 0; i < 3; ++i) {
-    waiters.emplace_back([&, i] {
-      ASSERT_TRUE(gate.Acquire(sizes[i], kOneWorker, Soon(), kNeverGone));
-      admitted[i] = true;
+  PrefillGate gate(100, OneWorker);
+  ASSERT_EQ(gate.Enqueue(100, nullptr), 0u);
+  std::vector<int> admitted;
+  const PrefillGate::Waiter big = gate.Enqueue(90, [&] { admitted.push_back(90); });
+  const PrefillGate::Waiter middle = gate.Enqueue(20, [&] { admitted.push_back(20); });
+  const PrefillGate::Waiter small = gate.Enqueue(5, [&] { admitted.push_back(5); });
+  ASSERT_NE(big, 0u);
+  ASSERT_NE(middle, 0u);
+  ASSERT_NE(small, 0u);
+  gate.Release(50);  // 50 in flight: the 90 at the front does not fit, so nobody enters
+  EXPECT_TRUE(admitted.empty());
+  gate.Release(50);  // empty: the 90 enters; the 20 does not fit, and the 5 waits behind it
+  EXPECT_EQ(admitted, (std::vector<int>{90}));
+  EXPECT_EQ(gate.waiting(), 2);
+  EXPECT_FALSE(gate.Withdraw(big));    // admitted already: its tokens are held
+  EXPECT_TRUE(gate.Withdraw(middle));  // leaving lets the 5 behind it in
+  EXPECT_EQ(admitted, (std::vector<int>{90, 5}));
+  EXPECT_EQ(gate.in_flight(), 95);
+  EXPECT_EQ(gate.waiting(), 0);
+}
+
+// Admission runs on whichever thread releases; waiters that queue while others release
+// all get in, exactly once.
+TEST(PrefillGate, ConcurrentWaitersAreEachAdmittedOnce) {
+  PrefillGate gate(10, OneWorker);
+  constexpr int kWaiters = 400;
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kWaiters / 4; ++i) {
+        if (gate.Enqueue(3, [&] { admitted.fetch_add(1); }) == 0) admitted.fetch_add(1);
+      }
     });
-    while (gate.waiting() != i + 1) absl::SleepFor(absl::Milliseconds(1));
   }
-  gate.Release(100);
-  // The 90 and the first 10 fit; the last 10 waits for room. (Which of the two admitted
-  // threads returns first is the scheduler's business, so admission is checked by who got
-  // in, not by the order the threads record it.)
-  while (gate.waiting() != 1) absl::SleepFor(absl::Milliseconds(1));
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (admitted[0] + admitted[1] + admitted[2] < 2 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  EXPECT_EQ(gate.in_flight(), 100);
-  EXPECT_TRUE(admitted[0] && admitted[1] && !admitted[2])
-      << "admitted: " << admitted[0] << admitted[1] << admitted[2]
-      << " (a later waiter overtook an earlier one)";
-  gate.Release(90);
-  for (std::thread& t : waiters) t.join();
-  EXPECT_TRUE(admitted[2]);
-  EXPECT_EQ(gate.in_flight(), 20);
+  std::thread releaser([&] {
+    for (int released = 0; released < kWaiters;) {
+      if (released < admitted.load()) {
+        gate.Release(3);
+        ++released;
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  });
+  for (std::thread& t : threads) t.join();
+  releaser.join();
+  EXPECT_EQ(admitted.load(), kWaiters);
+  EXPECT_EQ(gate.in_flight(), 0);
+  EXPECT_EQ(gate.waiting(), 0);
 }
 
 }  // namespace

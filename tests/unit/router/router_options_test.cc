@@ -31,7 +31,7 @@ TEST(RouterOptionsTest, DefaultsFollowServingMd) {
   EXPECT_EQ(o->model, "default");
   EXPECT_EQ(o->mode, RouterMode::kDisaggregated);
   EXPECT_EQ(o->prefill_policy, PrefillPolicy::kAffinity);
-  EXPECT_EQ(o->max_queue, 256);
+  EXPECT_EQ(o->max_queue, 4096);
   EXPECT_EQ(o->heartbeat_interval, absl::Milliseconds(500));
   EXPECT_EQ(o->auto_local_max_tokens, 256);
   EXPECT_EQ(o->reservation_deadline, absl::Seconds(30));

@@ -604,6 +604,40 @@ TEST_F(RouterTest, FullDecodeWorkersTimeOutWithResourceExhausted) {
   EXPECT_GE(d2->reserves().size(), 2u);
 }
 
+// A request behind the prefill gate waits there, holding nothing (no decode reservation),
+// until its queue deadline, or until its client leaves.
+TEST_F(RouterTest, PrefillGateHoldsRequestsUntilTheirQueueDeadlineOrClientLeaves) {
+  StartRouter({.mode = RouterMode::kDisaggregated,
+               .queue_timeout = absl::Milliseconds(300),
+               .prefill_queue_tokens = 20});
+  FakePrefill* p = AddPrefill({.hang = true});
+  FakeDecode* d = AddDecode();
+  std::atomic<bool> release_first{false};
+  Result first_result;
+  std::thread first(
+      [&] { first_result = Generate(Tokens(20, 2), [&] { return release_first.load(); }); });
+  ASSERT_TRUE(WaitFor([&] { return p->calls() == 1; }));  // 20 tokens in flight: full
+
+  Result timed_out = Generate(Tokens(20, 2));
+  EXPECT_EQ(timed_out.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(timed_out.status.error_message(),
+              HasSubstr("the prefill workers stayed full for 300ms (20 prompt tokens in flight)"));
+  EXPECT_GE(timed_out.elapsed, absl::Milliseconds(300));
+
+  const absl::Time start = absl::Now();
+  Result left = Generate(
+      Tokens(20, 2), [&] { return absl::Now() - start > absl::Milliseconds(50); },
+      absl::Seconds(20));
+  EXPECT_EQ(left.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(left.elapsed, absl::Milliseconds(300));  // it did not wait out its queue deadline
+
+  EXPECT_EQ(d->reserves().size(), 1u);  // neither queued request reserved anything
+  EXPECT_EQ(p->calls(), 1);
+  release_first.store(true);
+  first.join();
+  EXPECT_EQ(first_result.status.error_code(), grpc::StatusCode::CANCELLED);
+}
+
 TEST_F(RouterTest, QueueFullIsResourceExhausted) {
   StartRouter({.mode = RouterMode::kDisaggregated, .max_queue = 1});
   FakePrefill* p = AddPrefill({.hang = true});
@@ -706,10 +740,8 @@ TEST_F(RouterTest, MetricsCountRequestsTokensAndLatencies) {
   EXPECT_THAT(text, HasSubstr(line("tandem:prefill_retries_total", "", "0")));
   EXPECT_THAT(text, HasSubstr(line("tandem:num_requests_running", "", "0")));
   EXPECT_THAT(text, HasSubstr(line("tandem:num_requests_waiting", "", "0")));
-  EXPECT_THAT(text,
-              HasSubstr(line("tandem:workers", "role=\"decode\",state=\"serving\"", "1")));
-  EXPECT_THAT(text,
-              HasSubstr(line("tandem:workers", "role=\"prefill\",state=\"serving\"", "1")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:workers", "role=\"decode\",state=\"serving\"", "1")));
+  EXPECT_THAT(text, HasSubstr(line("tandem:workers", "role=\"prefill\",state=\"serving\"", "1")));
   EXPECT_THAT(text, HasSubstr("# TYPE tandem:time_to_first_token_seconds histogram\n"));
 }
 
