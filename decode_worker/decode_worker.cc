@@ -15,8 +15,6 @@
 namespace tandem {
 namespace {
 
-// How often blocked handlers look at their call's cancellation.
-constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
 // The engine frees a reservation itself this long after the worker's deadline, a safety
 // net only: the worker enforces its deadlines first, knowing which blocks a transfer writes.
 constexpr absl::Duration kEngineDeadlineSlack = absl::Minutes(1);
@@ -166,58 +164,142 @@ grpc::Status DecodeWorker::Renew(grpc::ServerContext* context, const v1::RenewRe
   return grpc::Status::OK;
 }
 
-grpc::Status DecodeWorker::Stream(grpc::ServerContext* context,
-                                  const v1::DecodeStreamRequest* request,
-                                  grpc::ServerWriter<v1::DecodeEvent>* writer) {
+// One open token stream. Its flags are guarded by the worker's mu_; `current` belongs to
+// the write in flight. Deletes itself once gRPC is done with the call.
+class DecodeWorker::StreamReactor final : public grpc::ServerWriteReactor<v1::DecodeEvent> {
+ public:
+  StreamReactor(DecodeWorker& worker, std::shared_ptr<Ticket> ticket)
+      : worker_(worker), ticket_(std::move(ticket)) {}
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&worker_.mu_);
+      writing = false;
+      if (!ok) cancelled = true;  // the router left
+    }
+    worker_.PumpStream(ticket_);
+  }
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&worker_.mu_);
+      cancelled = true;
+    }
+    worker_.PumpStream(ticket_);
+  }
+  void OnDone() override { delete this; }
+
+  bool writing = false;    // a StartWrite is in flight
+  bool cancelled = false;  // the call was cancelled or a write failed
+  bool finished = false;   // Finish was called (or is about to be)
+  v1::DecodeEvent current;
+
+ private:
+  DecodeWorker& worker_;
+  const std::shared_ptr<Ticket> ticket_;
+};
+
+grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeWorker::Stream(
+    grpc::CallbackServerContext* context, const v1::DecodeStreamRequest* request) {
+  auto refuse = [context](grpc::Status status) {
+    grpc::ServerWriteReactor<v1::DecodeEvent>* reactor = nullptr;
+    class Refused final : public grpc::ServerWriteReactor<v1::DecodeEvent> {
+     public:
+      explicit Refused(grpc::Status status) { Finish(std::move(status)); }
+      void OnDone() override { delete this; }
+    };
+    reactor = new Refused(std::move(status));
+    return reactor;
+  };
   std::shared_ptr<Ticket> ticket = FindTicket(request->ticket_id());
   if (ticket == nullptr) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        Cat("no ticket ", request->ticket_id(),
-                            " (never reserved, cancelled or expired)"));
+    return refuse(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                               Cat("no ticket ", request->ticket_id(),
+                                   " (never reserved, cancelled or expired)")));
   }
+  auto* reactor = new StreamReactor(*this, ticket);
   {
     absl::MutexLock lock(&mu_);
     if (ticket->stream_open) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          Cat("ticket ", ticket->id, " already has a stream"));
+      delete reactor;
+      return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                 Cat("ticket ", ticket->id, " already has a stream")));
     }
     ticket->stream_open = true;
+    ticket->stream = reactor;
   }
-  std::vector<v1::DecodeEvent> batch;
-  while (true) {
-    bool done = false;
-    absl::Status error;
-    {
+  PumpStream(ticket);  // events may be waiting already
+  return reactor;
+}
+
+void DecodeWorker::MarkForStream(const Ticket& ticket) {
+  if (ticket.stream != nullptr) to_pump_.push_back(ticket.id);
+}
+
+void DecodeWorker::PumpPending() {
+  std::vector<std::shared_ptr<Ticket>> tickets;
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint64_t id : to_pump_) {
+      auto it = tickets_.find(id);
+      if (it != tickets_.end()) tickets.push_back(it->second);
+    }
+    to_pump_.clear();
+  }
+  for (const std::shared_ptr<Ticket>& ticket : tickets) PumpStream(ticket);
+}
+
+void DecodeWorker::PumpStream(const std::shared_ptr<Ticket>& ticket) {
+  enum class Next { kNothing, kWrite, kFinish };
+  Next next = Next::kNothing;
+  StreamReactor* reactor = nullptr;
+  grpc::Status status;
+  bool release = false;
+  {
+    absl::MutexLock lock(&mu_);
+    reactor = ticket->stream;
+    // A write in flight pumps again when it is done (OnWriteDone).
+    if (reactor == nullptr || reactor->writing || reactor->finished) return;
+    if (reactor->cancelled) {
+      // The router left: the request ends here, and its blocks are freed.
+      ticket->cancelled = true;
+      if (ticket->error.ok()) ticket->error = absl::CancelledError("cancelled");
+      release = true;
+      status = grpc::Status::CANCELLED;
+      next = Next::kFinish;
+    } else if (!ticket->events.empty()) {
+      reactor->current = std::move(ticket->events.front());
+      ticket->events.pop_front();
+      reactor->writing = true;
+      next = Next::kWrite;
+    } else if (ticket->state == Ticket::State::kDone) {
+      status = ToGrpcStatus(ticket->error);
+      next = Next::kFinish;
+    }
+    if (next == Next::kFinish) {
+      reactor->finished = true;
+      ticket->stream = nullptr;
+      ticket->stream_closed = true;
+      MaybeErase(*ticket);
+    }
+  }
+  if (release) {
+    // Blocks are freed on the engine thread (a receiving ticket's by its transfer); not a
+    // Call: this may run on the engine thread itself.
+    loop_->Post([this, ticket](Engine& engine) {
       absl::MutexLock lock(&mu_);
-      auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return !ticket->events.empty() || ticket->state == Ticket::State::kDone;
-      };
-      mu_.AwaitWithTimeout(absl::Condition(&ready), kPollInterval);
-      batch.assign(std::make_move_iterator(ticket->events.begin()),
-                   std::make_move_iterator(ticket->events.end()));
-      ticket->events.clear();
-      done = ticket->state == Ticket::State::kDone;
-      error = ticket->error;
-    }
-    if (context->IsCancelled()) {
-      CancelTicket(ticket->id);
-      CloseStream(*ticket);
-      return grpc::Status::CANCELLED;
-    }
-    for (const v1::DecodeEvent& event : batch) {
-      if (!writer->Write(event)) {
-        CancelTicket(ticket->id);
-        CloseStream(*ticket);
-        return grpc::Status::CANCELLED;
-      }
-    }
-    if (done) {
-      absl::MutexLock lock(&mu_);
-      if (ticket->events.empty()) {
-        tickets_.erase(ticket->id);
-        return ToGrpcStatus(error);
-      }
-    }
+      ReleaseTicket(engine, *ticket);
+      MaybeErase(*ticket);
+    });
+  }
+  switch (next) {
+    case Next::kWrite:
+      reactor->StartWrite(&reactor->current);
+      break;
+    case Next::kFinish:
+      reactor->Finish(std::move(status));
+      break;
+    case Next::kNothing:
+      break;
   }
 }
 
@@ -247,6 +329,7 @@ void DecodeWorker::ReleaseTicket(Engine& engine, Ticket& ticket) {
   }
   by_engine_id_.erase(ticket.engine_id);
   ticket.state = Ticket::State::kDone;
+  MarkForStream(ticket);
 }
 
 void DecodeWorker::CancelTicket(uint64_t ticket_id) {
@@ -269,12 +352,6 @@ void DecodeWorker::MaybeErase(Ticket& ticket) {
   if (ticket.state == Ticket::State::kDone && (!ticket.stream_open || ticket.stream_closed)) {
     tickets_.erase(ticket.id);
   }
-}
-
-void DecodeWorker::CloseStream(Ticket& ticket) {
-  absl::MutexLock lock(&mu_);
-  ticket.stream_closed = true;
-  MaybeErase(ticket);
 }
 
 void DecodeWorker::AbandonTransfer(uint64_t ticket_id) {
@@ -305,6 +382,7 @@ absl::Status DecodeWorker::Admit(Engine& engine, Ticket* ticket, int32_t first_t
     by_engine_id_.erase(ticket->engine_id);
     ticket->state = Ticket::State::kDone;
     ticket->error = status;
+    MarkForStream(*ticket);
     return status;
   }
   ticket->state = Ticket::State::kRunning;
@@ -312,6 +390,12 @@ absl::Status DecodeWorker::Admit(Engine& engine, Ticket* ticket, int32_t first_t
 }
 
 void DecodeWorker::OnTick(Engine& engine) {
+  ExpireTickets(engine);
+  // What this iteration's commands (Cancel, transfers) and the expiries changed.
+  PumpPending();
+}
+
+void DecodeWorker::ExpireTickets(Engine& engine) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> expired;
@@ -340,12 +424,18 @@ void DecodeWorker::OnTick(Engine& engine) {
 }
 
 void DecodeWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs) {
+  QueueEvents(outputs);
+  PumpPending();
+}
+
+void DecodeWorker::QueueEvents(std::vector<RequestOutput>& outputs) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   for (RequestOutput& out : outputs) {
     auto it = by_engine_id_.find(out.id);
     if (it == by_engine_id_.end()) continue;
     Ticket& ticket = *it->second;
+    MarkForStream(ticket);
     if (!out.new_tokens.empty() || !out.new_text.empty()) {
       if (ticket.num_generated == 0 && !out.new_tokens.empty()) {
         ticket.first_token_at = now;

@@ -1,6 +1,7 @@
 // The decode worker's services (docs/SERVING.md): reservations with deadlines, the token
 // stream, cancellation, and the decode end of the KV channel. The engine runs on its own
-// thread (EngineLoop); these handlers only validate, enqueue and wait.
+// thread (EngineLoop); these handlers only validate, enqueue and wait. The token stream is
+// asynchronous (gRPC's callback API): an open stream holds no thread.
 #ifndef TANDEM_DECODE_WORKER_DECODE_WORKER_H_
 #define TANDEM_DECODE_WORKER_DECODE_WORKER_H_
 
@@ -32,8 +33,9 @@ struct DecodeWorkerOptions {
   std::string model_name;  // metrics' model_name label (WorkerFlags::model_name)
 };
 
-class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Service,
-                            public WorkerService {
+class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Decode::Service>,
+                           public v1::KvChannel::Service,
+                           public WorkerService {
  public:
   DecodeWorker(std::unique_ptr<Engine> engine, const DecodeWorkerOptions& options);
   ~DecodeWorker() override;
@@ -41,7 +43,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
   // host:port the router and prefill workers dial (known once the server is bound).
   void SetAddress(const std::string& address) override;
   void RegisterServices(grpc::ServerBuilder& builder) override {
-    builder.RegisterService(static_cast<v1::Decode::Service*>(this));
+    builder.RegisterService(
+        static_cast<v1::Decode::WithCallbackMethod_Stream<v1::Decode::Service>*>(this));
     builder.RegisterService(static_cast<v1::KvChannel::Service*>(this));
   }
   void Start() override;
@@ -58,8 +61,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
                        v1::ReserveResponse* response) override;
   grpc::Status Renew(grpc::ServerContext* context, const v1::RenewRequest* request,
                      v1::RenewResponse* response) override;
-  grpc::Status Stream(grpc::ServerContext* context, const v1::DecodeStreamRequest* request,
-                      grpc::ServerWriter<v1::DecodeEvent>* writer) override;
+  grpc::ServerWriteReactor<v1::DecodeEvent>* Stream(
+      grpc::CallbackServerContext* context, const v1::DecodeStreamRequest* request) override;
   grpc::Status Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
                       v1::CancelResponse* response) override;
   grpc::Status Load(grpc::ServerContext* context, const v1::LoadRequest* request,
@@ -69,6 +72,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
       grpc::ServerReaderWriter<v1::KvToPrefill, v1::KvFromPrefill>* stream) override;
 
  private:
+  class StreamReactor;
+
   // One request on this worker, from Reserve to the end of its Stream.
   struct Ticket {
     enum class State {
@@ -89,7 +94,8 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
     absl::Time deadline;   // the Stream must open (and the KV begin to arrive) by then
     bool engine_deadline_stale = false;  // renewed: OnTick moves the engine's deadline
     bool stream_open = false;
-    bool stream_closed = false;  // its Stream handler returned
+    bool stream_closed = false;       // its Stream ended (or is ending)
+    StreamReactor* stream = nullptr;  // the open Stream, until it finishes
     bool cancelled = false;
     int32_t num_generated = 0;
     absl::Time first_token_at;
@@ -97,8 +103,12 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
     absl::Status error;                  // ends the Stream when not OK
   };
 
-  void OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs);
-  void OnTick(Engine& engine);
+  // The engine loop's handlers: queue the outputs as events, expire tickets, then pump the
+  // streams that have news.
+  void OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnTick(Engine& engine) ABSL_LOCKS_EXCLUDED(mu_);
+  void QueueEvents(std::vector<RequestOutput>& outputs) ABSL_LOCKS_EXCLUDED(mu_);
+  void ExpireTickets(Engine& engine) ABSL_LOCKS_EXCLUDED(mu_);
   // Admits a received ticket into the engine's batch (engine thread).
   absl::Status Admit(Engine& engine, Ticket* ticket, int32_t first_token)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -115,7 +125,13 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
   static void TicketToProto(const Ticket& ticket, const std::string& address, v1::Ticket* out);
   // Forgets a finished ticket once no Stream handler can still read it.
   void MaybeErase(Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void CloseStream(Ticket& ticket);
+  // The ticket's events or state changed: its Stream, if open, writes on (PumpPending).
+  void MarkForStream(const Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the ticket's Stream on when it is not writing: writes the next event, or
+  // finishes (the ticket done, or the client gone). StartWrite and Finish run unlocked.
+  void PumpStream(const std::shared_ptr<Ticket>& ticket) ABSL_LOCKS_EXCLUDED(mu_);
+  // Pumps the streams MarkForStream named (the engine thread, after each tick and output).
+  void PumpPending() ABSL_LOCKS_EXCLUDED(mu_);
 
   const DecodeWorkerOptions options_;
   ModelRunner* runner_ = nullptr;  // for WriteKvLayer from transfer threads (disjoint blocks)
@@ -129,6 +145,7 @@ class DecodeWorker final : public v1::Decode::Service, public v1::KvChannel::Ser
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Ticket>> tickets_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<RequestId, std::shared_ptr<Ticket>> by_engine_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> to_pump_ ABSL_GUARDED_BY(mu_);  // tickets whose Stream has news
 };
 
 }  // namespace tandem

@@ -1,7 +1,7 @@
 """256 concurrent streaming clients (the official `openai` package, asyncio) hold chat
 streams against router + 1 prefill + 1 decode worker for 60 seconds: every stream must
-end with a finish reason and usage, and none may fail; the router's threads must not grow
-with the streams. Prints what the router carried.
+end with a finish reason and usage, and none may fail; neither the router's threads nor
+the decode worker's may grow with the streams. Prints what the router carried.
 
 TANDEM_LOAD_CLIENTS (256) and TANDEM_LOAD_SECONDS (60) resize it."""
 
@@ -40,13 +40,15 @@ class LoadTest(unittest.TestCase):
         with Cluster(prefill=1, decode=1,
                      router_flags=["--max-queue", str(4 * CLIENTS)],
                      decode_flags=["--max-num-seqs", str(CLIENTS), "--kv-cache-mb", "1024"]) as c:
-            router_pid = c.pid("router")
+            router_pid, decode_pid = c.pid("router"), c.pid("decode-0")
             peak_threads = [threads_of(router_pid)]
+            peak_decode_threads = [threads_of(decode_pid)]
             stop_sampling = threading.Event()
 
             def sample():
                 while not stop_sampling.wait(0.5):
                     peak_threads.append(threads_of(router_pid))
+                    peak_decode_threads.append(threads_of(decode_pid))
 
             sampler = threading.Thread(target=sample)
             sampler.start()
@@ -62,12 +64,16 @@ class LoadTest(unittest.TestCase):
             print(f"\n{CLIENTS} clients for {SECONDS:.0f} s: {stats['completed']} streams "
                   f"completed, {stats['tokens']} tokens ({stats['tokens'] / stats['elapsed']:.0f}"
                   f" tokens/s), errors {len(stats['errors'])}, router threads at most "
-                  f"{max(peak_threads)}")
+                  f"{max(peak_threads)}, decode worker threads at most {max(peak_decode_threads)}")
             self.assertEqual(stats["errors"], [], c.tails() if stats["errors"] else "")
             # The router is asynchronous: its threads are gRPC's and its own few, however
             # many requests are in flight (a thread per request would be CLIENTS or more).
-            self.assertLess(max(peak_threads), 64 + 2 * (os.cpu_count() or 1),
+            # So is the decode worker's token stream (its engine and KV threads are fixed).
+            bound = 64 + 2 * (os.cpu_count() or 1)
+            self.assertLess(max(peak_threads), bound,
                             "the router's threads grow with the requests in flight")
+            self.assertLess(max(peak_decode_threads), bound,
+                            "the decode worker's threads grow with its streams")
             self.assertEqual(sorted(stats["per_client"].keys()), list(range(CLIENTS)))
             self.assertTrue(all(n >= 1 for n in stats["per_client"].values()))
             status, health = c.health()
