@@ -223,6 +223,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   };
   void SleepThen(Sleep& sleep, absl::Duration duration, std::function<void()> then);
   void Wake(Sleep& sleep);
+  // Cancels the timer; its continuation never runs.
+  void Disarm(Sleep& sleep);
 
   // The main chain: leg -> gate -> Reserve -> stream (+ prefill) -> end of leg.
   void NextLeg();
@@ -370,6 +372,13 @@ void GenerateCall::SleepThen(Sleep& sleep, absl::Duration duration, std::functio
   });
 }
 
+void GenerateCall::Disarm(Sleep& sleep) {
+  if (sleep.timer == 0) return;
+  rc_.timers_.Cancel(sleep.timer);  // if it fired already, its step finds timer == 0
+  sleep.timer = 0;
+  sleep.then = nullptr;
+}
+
 void GenerateCall::Wake(Sleep& sleep) {
   if (sleep.timer == 0) return;
   rc_.timers_.Cancel(sleep.timer);  // if it fired already, its step finds timer == 0
@@ -464,7 +473,7 @@ void GenerateCall::WaitForGate() {
 void GenerateCall::GateAdmitted() {
   gate_waiter_ = 0;
   leg_->gate_tokens = static_cast<int64_t>(leg_->prompt.size());
-  Wake(main_sleep_);  // the queue deadline: GateTimedOut finds nothing to do
+  Disarm(main_sleep_);  // the queue deadline
   if (ClientGone()) {
     rc_.prefill_gate_.Release(leg_->gate_tokens);
     return Finish(CancelledStatus());
@@ -818,6 +827,10 @@ void GenerateCall::PrefillAttempt() {
   Leg& leg = *leg_;
   Leg::Prefill& prefill = leg.prefill;
   if (prefill.abandoned) return PrefillEnd();
+  if (prefill.tokens_flowing) {  // D got the KV from an attempt that looked failed
+    prefill.status = absl::OkStatus();
+    return PrefillEnd();
+  }
   const std::vector<WorkerView> snapshot = rc_.registry_.Snapshot();
   std::optional<WorkerView> p = rc_.placement_.ChoosePrefill(
       snapshot, leg.prompt, prefill.tried, leg.decode.transports, leg.decode.device_uuid);
