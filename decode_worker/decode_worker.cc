@@ -86,8 +86,7 @@ void DecodeWorker::TicketToProto(const Ticket& ticket, const std::string& addres
   out->set_lease_s(absl::ToDoubleSeconds(ticket.lease));
 }
 
-grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context,
-                                   const v1::ReserveRequest* request,
+grpc::Status DecodeWorker::Reserve(grpc::ServerContext* context, const v1::ReserveRequest* request,
                                    v1::ReserveResponse* response) {
   GenerationRequest generation;
   generation.prompt_tokens.assign(request->prompt_token_ids().begin(),
@@ -147,9 +146,9 @@ grpc::Status DecodeWorker::Renew(grpc::ServerContext* context, const v1::RenewRe
     auto it = tickets_.find(id);
     Ticket* ticket = it == tickets_.end() ? nullptr : it->second.get();
     // Receiving: the transfer's own deadlines govern it now, and nothing is lost yet.
-    const bool waiting = ticket != nullptr && !ticket->cancelled && !ticket->local &&
-                         (ticket->state == Ticket::State::kReserved ||
-                          ticket->state == Ticket::State::kReceiving);
+    const bool waiting =
+        ticket != nullptr && !ticket->cancelled && !ticket->local &&
+        (ticket->state == Ticket::State::kReserved || ticket->state == Ticket::State::kReceiving);
     if (!waiting) {
       response->add_lost_ticket_ids(id);
       continue;
@@ -200,29 +199,20 @@ class DecodeWorker::StreamReactor final : public grpc::ServerWriteReactor<v1::De
 
 grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeWorker::Stream(
     grpc::CallbackServerContext* context, const v1::DecodeStreamRequest* request) {
-  auto refuse = [context](grpc::Status status) {
-    grpc::ServerWriteReactor<v1::DecodeEvent>* reactor = nullptr;
-    class Refused final : public grpc::ServerWriteReactor<v1::DecodeEvent> {
-     public:
-      explicit Refused(grpc::Status status) { Finish(std::move(status)); }
-      void OnDone() override { delete this; }
-    };
-    reactor = new Refused(std::move(status));
-    return reactor;
-  };
   std::shared_ptr<Ticket> ticket = FindTicket(request->ticket_id());
   if (ticket == nullptr) {
-    return refuse(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                               Cat("no ticket ", request->ticket_id(),
-                                   " (never reserved, cancelled or expired)")));
+    return RefuseStream<v1::DecodeEvent>(grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        Cat("no ticket ", request->ticket_id(), " (never reserved, cancelled or expired)")));
   }
   auto* reactor = new StreamReactor(*this, ticket);
   {
     absl::MutexLock lock(&mu_);
     if (ticket->stream_open) {
       delete reactor;
-      return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                 Cat("ticket ", ticket->id, " already has a stream")));
+      return RefuseStream<v1::DecodeEvent>(
+          grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                       Cat("ticket ", ticket->id, " already has a stream")));
     }
     ticket->stream_open = true;
     ticket->stream = reactor;
@@ -402,8 +392,8 @@ void DecodeWorker::ExpireTickets(Engine& engine) {
   for (auto& [id, ticket] : tickets_) {
     // A renewed lease: the engine's safety net follows, a minute behind the ticket's (also
     // once a transfer began: it runs until the ticket's deadline plus half a minute).
-    if (ticket->engine_deadline_stale && (ticket->state == Ticket::State::kReserved ||
-                                          ticket->state == Ticket::State::kReceiving)) {
+    if (ticket->engine_deadline_stale &&
+        (ticket->state == Ticket::State::kReserved || ticket->state == Ticket::State::kReceiving)) {
       engine.ExtendReservation(ticket->engine_id, ticket->deadline + kEngineDeadlineSlack)
           .IgnoreError();  // NOT_FOUND cannot happen: the ticket still holds it
     }
@@ -446,8 +436,7 @@ void DecodeWorker::QueueEvents(std::vector<RequestOutput>& outputs) {
       metrics_->generation_tokens.Increment(static_cast<double>(out.new_tokens.size()));
       v1::DecodeEvent& event = ticket.events.emplace_back();
       event.mutable_delta()->set_text(std::move(out.new_text));
-      event.mutable_delta()->mutable_token_ids()->Add(out.new_tokens.begin(),
-                                                      out.new_tokens.end());
+      event.mutable_delta()->mutable_token_ids()->Add(out.new_tokens.begin(), out.new_tokens.end());
     }
     if (!out.finished()) continue;
     v1::DecodeEvent& event = ticket.events.emplace_back();
@@ -481,8 +470,7 @@ grpc::Status DecodeWorker::Transfer(
   v1::KvFromPrefill message;
   if (!stream->Read(&message)) return grpc::Status::CANCELLED;
   if (!message.has_open()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "a KV channel starts with open");
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a KV channel starts with open");
   }
   absl::StatusOr<KvLayout> peer = KvLayoutFromProto(message.open().layout());
   if (!peer.ok()) return ToGrpcStatus(peer.status());
@@ -519,8 +507,7 @@ grpc::Status DecodeWorker::Transfer(
   absl::StatusOr<std::unique_ptr<Transport>> transport =
       (*listener)->Accept(absl::Now() + options_.transfer_timeout);
   if (!transport.ok()) return ToGrpcStatus(transport.status());
-  const std::unique_ptr<StagingAllocator> staging =
-      MakeStagingAllocator(*kind, runner_->device());
+  const std::unique_ptr<StagingAllocator> staging = MakeStagingAllocator(*kind, runner_->device());
   LayerTransferOptions transfer_options;
   transfer_options.staging_allocator = staging.get();
   absl::StatusOr<std::unique_ptr<LayerReceiver>> receiver =
@@ -567,7 +554,8 @@ grpc::Status DecodeWorker::Transfer(
                                             " (a ticket of this worker's earlier life?)"));
         } else if (ticket->cancelled || ticket->state != Ticket::State::kReserved) {
           refused = absl::FailedPreconditionError(
-              Cat("ticket ", ticket->id, ticket->cancelled ? " was cancelled" : " is not waiting for KV"));
+              Cat("ticket ", ticket->id,
+                  ticket->cancelled ? " was cancelled" : " is not waiting for KV"));
         } else if (begin.num_tokens() != ticket->num_prompt_tokens) {
           refused = absl::InvalidArgumentError(Cat("ticket ", ticket->id, " reserved ",
                                                    ticket->num_prompt_tokens, " tokens, not ",

@@ -110,8 +110,7 @@ class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Deco
   void QueueEvents(std::vector<RequestOutput>& outputs) ABSL_LOCKS_EXCLUDED(mu_);
   void ExpireTickets(Engine& engine) ABSL_LOCKS_EXCLUDED(mu_);
   // Admits a received ticket into the engine's batch (engine thread).
-  absl::Status Admit(Engine& engine, Ticket* ticket, int32_t first_token)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Admit(Engine& engine, Ticket* ticket, int32_t first_token) ABSL_LOCKS_EXCLUDED(mu_);
   // Frees what the ticket holds in the engine (engine thread) and marks it done.
   void ReleaseTicket(Engine& engine, Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cancels from a gRPC thread: at once, or (while a transfer writes its blocks) when the

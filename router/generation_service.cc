@@ -12,28 +12,17 @@ GenerationService::GenerationService(const RouterOptions& options, const RouterM
                                      WorkerRegistry& registry, RequestCoordinator& coordinator)
     : options_(options), model_(model), registry_(registry), coordinator_(coordinator) {}
 
-namespace {
-
-// A Generate call refused before it started: its status and nothing else.
-class RefusedGenerate final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
- public:
-  explicit RefusedGenerate(grpc::Status status) { Finish(std::move(status)); }
-  void OnDone() override { delete this; }
-};
-
-}  // namespace
-
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const absl::Time received = absl::Now();
   if (absl::Status s = options_.api_keys.CheckGrpc(*context); !s.ok()) {
-    return new RefusedGenerate(ToGrpcStatus(s));
+    return RefuseStream<v1::GenerateResponse>(ToGrpcStatus(s));
   }
   absl::StatusOr<ValidatedRequest> validated = ValidateGenerateRequest(*request, model_);
   if (!validated.ok()) {
     grpc::Status refused = ToGrpcStatus(validated.status());
     coordinator_.CountRejected(refused);
-    return new RefusedGenerate(std::move(refused));
+    return RefuseStream<v1::GenerateResponse>(std::move(refused));
   }
 
   if (in_flight_.fetch_add(1) >= options_.max_queue) {
@@ -41,7 +30,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::Status full(grpc::StatusCode::RESOURCE_EXHAUSTED,
                       Cat("router queue full (", options_.max_queue, " requests)"));
     coordinator_.CountRejected(full);
-    return new RefusedGenerate(std::move(full));
+    return RefuseStream<v1::GenerateResponse>(std::move(full));
   }
   return coordinator_.Generate(context, *request, std::move(*validated), received,
                                [this] { in_flight_.fetch_sub(1); });

@@ -4,6 +4,7 @@
 #define TANDEM_SERVICE_GRPC_STATUS_H_
 
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -18,6 +19,18 @@ absl::Status FromGrpcStatus(const grpc::Status& status, std::string_view what);
 
 // A ClientContext deadline `timeout` from now.
 void SetDeadline(grpc::ClientContext& context, absl::Duration timeout);
+
+// The reactor of a server-streaming call (callback API) refused before it began: it ends
+// with `status` and no message, and deletes itself.
+template <typename Response>
+grpc::ServerWriteReactor<Response>* RefuseStream(grpc::Status status) {
+  class Refused final : public grpc::ServerWriteReactor<Response> {
+   public:
+    explicit Refused(grpc::Status status) { this->Finish(std::move(status)); }
+    void OnDone() override { delete this; }
+  };
+  return new Refused(std::move(status));
+}
 
 }  // namespace tandem
 
