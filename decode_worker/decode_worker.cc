@@ -50,8 +50,19 @@ void DecodeWorker::SetAddress(const std::string& address) {
   address_ = address;
 }
 
-void DecodeWorker::Start() { loop_->Start(); }
-void DecodeWorker::Stop() { loop_->Stop(); }
+void DecodeWorker::Start() {
+  loop_->Start();
+  pumper_ = std::thread([this] { PumpStreams(); });
+}
+
+void DecodeWorker::Stop() {
+  loop_->Stop();
+  {
+    absl::MutexLock lock(&mu_);
+    pumper_stopping_ = true;
+  }
+  if (pumper_.joinable()) pumper_.join();
+}
 
 v1::WorkerLoad DecodeWorker::CurrentLoad() const {
   v1::WorkerLoad load = WorkerLoadFromStats(loop_->stats());
@@ -225,17 +236,24 @@ void DecodeWorker::MarkForStream(const Ticket& ticket) {
   if (ticket.stream != nullptr) to_pump_.push_back(ticket.id);
 }
 
-void DecodeWorker::PumpPending() {
-  std::vector<std::shared_ptr<Ticket>> tickets;
-  {
-    absl::MutexLock lock(&mu_);
-    for (uint64_t id : to_pump_) {
-      auto it = tickets_.find(id);
-      if (it != tickets_.end()) tickets.push_back(it->second);
+void DecodeWorker::PumpStreams() {
+  while (true) {
+    std::vector<std::shared_ptr<Ticket>> tickets;
+    {
+      absl::MutexLock lock(&mu_);
+      auto news = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !to_pump_.empty() || pumper_stopping_;
+      };
+      mu_.Await(absl::Condition(&news));
+      if (to_pump_.empty()) return;  // stopping
+      for (uint64_t id : to_pump_) {
+        auto it = tickets_.find(id);
+        if (it != tickets_.end()) tickets.push_back(it->second);
+      }
+      to_pump_.clear();
     }
-    to_pump_.clear();
+    for (const std::shared_ptr<Ticket>& ticket : tickets) PumpStream(ticket);
   }
-  for (const std::shared_ptr<Ticket>& ticket : tickets) PumpStream(ticket);
 }
 
 void DecodeWorker::PumpStream(const std::shared_ptr<Ticket>& ticket) {
@@ -380,12 +398,6 @@ absl::Status DecodeWorker::Admit(Engine& engine, Ticket* ticket, int32_t first_t
 }
 
 void DecodeWorker::OnTick(Engine& engine) {
-  ExpireTickets(engine);
-  // What this iteration's commands (Cancel, transfers) and the expiries changed.
-  PumpPending();
-}
-
-void DecodeWorker::ExpireTickets(Engine& engine) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> expired;
@@ -414,11 +426,6 @@ void DecodeWorker::ExpireTickets(Engine& engine) {
 }
 
 void DecodeWorker::OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs) {
-  QueueEvents(outputs);
-  PumpPending();
-}
-
-void DecodeWorker::QueueEvents(std::vector<RequestOutput>& outputs) {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   for (RequestOutput& out : outputs) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -103,12 +104,10 @@ class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Deco
     absl::Status error;                  // ends the Stream when not OK
   };
 
-  // The engine loop's handlers: queue the outputs as events, expire tickets, then pump the
-  // streams that have news.
+  // The engine loop's handlers (engine thread): outputs become events, expired tickets are
+  // freed; the streams that have news are pumped by the pumper thread.
   void OnOutputs(Engine& engine, std::vector<RequestOutput>& outputs) ABSL_LOCKS_EXCLUDED(mu_);
   void OnTick(Engine& engine) ABSL_LOCKS_EXCLUDED(mu_);
-  void QueueEvents(std::vector<RequestOutput>& outputs) ABSL_LOCKS_EXCLUDED(mu_);
-  void ExpireTickets(Engine& engine) ABSL_LOCKS_EXCLUDED(mu_);
   // Admits a received ticket into the engine's batch (engine thread).
   absl::Status Admit(Engine& engine, Ticket* ticket, int32_t first_token) ABSL_LOCKS_EXCLUDED(mu_);
   // Frees what the ticket holds in the engine (engine thread) and marks it done.
@@ -124,13 +123,14 @@ class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Deco
   static void TicketToProto(const Ticket& ticket, const std::string& address, v1::Ticket* out);
   // Forgets a finished ticket once no Stream handler can still read it.
   void MaybeErase(Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The ticket's events or state changed: its Stream, if open, writes on (PumpPending).
+  // The ticket's events or state changed: its Stream, if open, writes on (PumpStreams).
   void MarkForStream(const Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the ticket's Stream on when it is not writing: writes the next event, or
   // finishes (the ticket done, or the client gone). StartWrite and Finish run unlocked.
   void PumpStream(const std::shared_ptr<Ticket>& ticket) ABSL_LOCKS_EXCLUDED(mu_);
-  // Pumps the streams MarkForStream named (the engine thread, after each tick and output).
-  void PumpPending() ABSL_LOCKS_EXCLUDED(mu_);
+  // The pumper thread: pumps the streams MarkForStream names, so that gRPC's writes stay
+  // off the engine thread (which only queues events, as it did for blocked handlers).
+  void PumpStreams() ABSL_LOCKS_EXCLUDED(mu_);
 
   const DecodeWorkerOptions options_;
   ModelRunner* runner_ = nullptr;  // for WriteKvLayer from transfer threads (disjoint blocks)
@@ -145,6 +145,8 @@ class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Deco
   absl::flat_hash_map<uint64_t, std::shared_ptr<Ticket>> tickets_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<RequestId, std::shared_ptr<Ticket>> by_engine_id_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> to_pump_ ABSL_GUARDED_BY(mu_);  // tickets whose Stream has news
+  bool pumper_stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread pumper_;
 };
 
 }  // namespace tandem
