@@ -7,6 +7,7 @@
 #   tests/run.sh                 # everything
 #   TANDEM_FUZZ_SECONDS=10 tests/run.sh
 #   TANDEM_SKIP_FUZZ=1 tests/run.sh
+#   TANDEM_SKIP_SANITIZE=1 tests/run.sh   # no ASan+UBSan build of the async code's tests
 #   TANDEM_SKIP_PYTHON=1 tests/run.sh   # no venvs: no Python client, OpenAI SDK or HF-model tests
 set -euo pipefail
 
@@ -78,6 +79,22 @@ if [[ ${TANDEM_SKIP_PYTHON:-0} != 1 ]]; then
     discover -s "$root/tests/openai" -p 'test_*.py'
   echo "openai sdk: $(grep -Eo 'Ran [0-9]+ tests' "$logs/openai-sdk-test.log"), OK;" \
     "$(grep -Eo '[0-9]+ clients for [0-9]+ s: .*' "$logs/openai-sdk-test.log")"
+fi
+
+# The asynchronous code (the router's calls, the decode worker's streams, their timers and
+# serializers) under AddressSanitizer + UBSan with leak checks: its unit tests and the
+# workers' tests against the real model. Any report fails the step. TANDEM_SKIP_SANITIZE=1
+# skips it.
+if [[ ${TANDEM_SKIP_SANITIZE:-0} != 1 ]]; then
+  asan_build=${TANDEM_ASAN_BUILD_DIR:-$root/build-asan}
+  asan_tests=(router_test prefill_gate_test timer_queue_test serializer_test workers_test)
+  step asan-configure cmake -S "$root" -B "$asan_build" -G Ninja \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SANITIZE=ON -DTANDEM_WITH_CUDA=OFF
+  step asan-build cmake --build "$asan_build" -j "$jobs" --target "${asan_tests[@]}"
+  for t in "${asan_tests[@]}"; do
+    step "asan-$t" env ASAN_OPTIONS=detect_leaks=1 "$asan_build/bin/$t" --gtest_brief=1
+  done
+  echo "sanitizers: ${asan_tests[*]} passed under ASan+UBSan"
 fi
 
 if [[ ${TANDEM_SKIP_FUZZ:-0} != 1 ]]; then
