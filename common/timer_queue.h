@@ -23,8 +23,8 @@ class TimerQueue {
   using Id = uint64_t;
 
   TimerQueue();
-  // Stops the thread; callbacks not yet run are destroyed without running (outside any
-  // lock, so a destructor they own may use the queue... except to schedule: it is stopping).
+  // Stops the thread; callbacks not yet run are destroyed without running, outside the
+  // queue's lock (what they own may call Cancel, or At, which then schedules nothing).
   ~TimerQueue();
   TimerQueue(const TimerQueue&) = delete;
   TimerQueue& operator=(const TimerQueue&) = delete;
