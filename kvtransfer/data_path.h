@@ -49,10 +49,6 @@ absl::Status CheckTransportAvailable(TransportKind kind, bool kv_on_device);
 // hex digits of its UUID); empty for the CPU (device < 0), in a build without CUDA, or when
 // the device cannot be queried.
 std::string DeviceUuid(int device);
-// NCCL cannot put both ranks of a communicator on one GPU ("Duplicate GPU detected"):
-// FAILED_PRECONDITION, pointing at cuda_ipc, when a nccl channel's two ends name the same
-// GPU. Empty names (CPU, unknown) pass.
-absl::Status CheckNcclPeers(std::string_view local_device_uuid, std::string_view peer_device_uuid);
 
 class DataPathListener {
  public:

@@ -21,6 +21,12 @@ namespace tandem {
 enum class TransportKind { kTcp, kNccl, kCudaIpc };
 std::string_view TransportKindName(TransportKind kind);
 
+// NCCL cannot put both ranks of a communicator on one GPU ("Duplicate GPU detected"):
+// FAILED_PRECONDITION, pointing at cuda_ipc, when a nccl channel's two ends name the same
+// GPU (DeviceUuid). Empty names (CPU, unknown) pass. The decode worker checks an Open with
+// it; the router's placement never pairs such workers.
+absl::Status CheckNcclPeers(std::string_view local_device_uuid, std::string_view peer_device_uuid);
+
 enum class MemoryKind { kHost, kDevice };
 
 class Transport {

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "common/strings.h"
+#include "kvtransfer/transport.h"
 
 namespace tandem::router {
 namespace {
@@ -130,8 +131,8 @@ std::optional<WorkerView> Placement::ChoosePrefill(
   // and nccl needs two GPUs.
   auto speaks = [&](const WorkerView& w) {
     if (w.transports.empty()) return true;
-    if (w.transports.front() == "nccl" && !decode_device.empty() &&
-        w.device_uuid == decode_device) {
+    if (w.transports.front() == TransportKindName(TransportKind::kNccl) &&
+        !CheckNcclPeers(w.device_uuid, decode_device).ok()) {
       return false;
     }
     return decode_transports.empty() ||
