@@ -57,9 +57,9 @@ std::string NewIdPrefix() {
   return absl::StrFormat("rt-%08x", static_cast<uint32_t>(rd()));
 }
 
-int ServingPrefillWorkers(const WorkerRegistry& registry) {
+int ServingPrefillWorkers(absl::Span<const WorkerView> workers) {
   int n = 0;
-  for (const WorkerView& w : registry.Snapshot()) {
+  for (const WorkerView& w : workers) {
     if (w.role == v1::WORKER_ROLE_PREFILL && !w.draining) ++n;
   }
   return n;
@@ -204,7 +204,6 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
       int attempt = 0;
       absl::flat_hash_set<std::string> tried;
       v1::PrefillRequest request;
-      grpc::ClientContext* active = nullptr;  // the Prefill call in flight
       absl::Status status = absl::UnknownError("the prefill did not run");
       v1::PrefillResponse response;
       std::optional<WorkerView> worker;  // the worker of the latest attempt
@@ -254,7 +253,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // ends OK once it is written (CANCELLED when the client left).
   void WriteFinal(v1::GenerateFinal final);
   void Finish(grpc::Status status);
-  bool HavePrefillWorker() const { return ServingPrefillWorkers(rc_.registry_) > 0; }
+  bool HavePrefillWorker() const { return ServingPrefillWorkers(rc_.registry_.Snapshot()) > 0; }
   // The client cancelled or its deadline passed. NOTE: a child call inherits the client's
   // deadline and may fail with DEADLINE_EXCEEDED a moment before gRPC marks the client's
   // call cancelled, so the deadline is checked too.
@@ -300,7 +299,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     v1::ReserveResponse response;
     WorkerRegistry::ChargeId charge = 0;
   } reserve_;
-  // The prefill call in flight.
+  // The Prefill call in flight (null when none).
   std::unique_ptr<grpc::ClientContext> prefill_context_;
   std::unique_ptr<v1::Prefill::Stub> prefill_stub_;
   WorkerRegistry::ChargeId prefill_charge_ = 0;
@@ -840,11 +839,9 @@ void GenerateCall::PrefillAttempt() {
                                      leg.decode.device_uuid);
   }
   if (!p.has_value()) {
-    const bool any = std::any_of(snapshot.begin(), snapshot.end(), [](const WorkerView& w) {
-      return w.role == v1::WORKER_ROLE_PREFILL && !w.draining;
-    });
     prefill.status = absl::UnavailableError(
-        any ? Cat("no prefill worker opens a KV transport that ", leg.decode.id, " accepts (",
+        ServingPrefillWorkers(snapshot) > 0
+            ? Cat("no prefill worker opens a KV transport that ", leg.decode.id, " accepts (",
                   absl::StrJoin(leg.decode.transports, ", "), "; nccl only from another GPU; mode ",
                   RouterModeName(mode_), ")")
             : Cat("no prefill worker registered (mode ", RouterModeName(mode_), ")"));
@@ -853,7 +850,6 @@ void GenerateCall::PrefillAttempt() {
   // The prefill worker keeps D's reservation alive while it holds the prompt: the call is
   // bounded by its own timeout (and the client's deadline), not by the reservation's.
   prefill_context_ = ChildContext(*context_, rc_.options_.prefill_timeout);
-  prefill.active = prefill_context_.get();
   prefill.worker = p;
   prefill_charge_ = rc_.registry_.Charge(p->id, static_cast<int64_t>(leg.prompt.size()), 0);
   prefill_stub_ = v1::Prefill::NewStub(ChannelTo(*p));
@@ -865,7 +861,8 @@ void GenerateCall::PrefillAttempt() {
           Leg& leg = *call->leg_;
           Leg::Prefill& prefill = leg.prefill;
           call->rc_.registry_.Release(prefill.worker->id, call->prefill_charge_);
-          prefill.active = nullptr;
+          call->prefill_context_.reset();
+          call->prefill_stub_.reset();
           if (s.ok()) {
             prefill.status = absl::OkStatus();
             return call->PrefillEnd();
@@ -929,8 +926,6 @@ void GenerateCall::GraceOver() {
 void GenerateCall::PrefillEnd() {
   Leg& leg = *leg_;
   leg.prefill.running = false;
-  prefill_context_.reset();
-  prefill_stub_.reset();
   rc_.prefill_gate_.Release(leg.gate_tokens);
   leg.gate_tokens = 0;
   MaybeEndLeg();
@@ -939,7 +934,7 @@ void GenerateCall::PrefillEnd() {
 void GenerateCall::Abandon() {
   Leg::Prefill& prefill = leg_->prefill;
   prefill.abandoned = true;
-  if (prefill.active != nullptr) prefill.active->TryCancel();
+  if (prefill_context_ != nullptr) prefill_context_->TryCancel();
   Wake(prefill_sleep_);
 }
 
@@ -1000,7 +995,7 @@ RequestCoordinator::RequestCoordinator(const RouterOptions& options, const Route
       metrics_(metrics),
       id_prefix_(NewIdPrefix()),
       prefill_gate_(options.prefill_queue_tokens,
-                    [&registry] { return ServingPrefillWorkers(registry); }) {}
+                    [&registry] { return ServingPrefillWorkers(registry.Snapshot()); }) {}
 
 std::string RequestCoordinator::NewRequestId() {
   return Cat(id_prefix_, "-", next_request_.fetch_add(1, std::memory_order_relaxed));
