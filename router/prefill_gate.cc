@@ -5,14 +5,19 @@
 
 namespace tandem::router {
 
-bool PrefillGate::Fits(int64_t tokens) const {
-  if (tokens_per_worker_ <= 0 || in_flight_ == 0) return true;
-  return in_flight_ + tokens <= tokens_per_worker_ * std::max(1, prefill_workers_());
+int64_t PrefillGate::Bound() const {
+  return tokens_per_worker_ <= 0 ? 0 : tokens_per_worker_ * std::max(1, prefill_workers_());
+}
+
+bool PrefillGate::Fits(int64_t tokens, int64_t bound) const {
+  return bound <= 0 || in_flight_ == 0 || in_flight_ + tokens <= bound;
 }
 
 std::vector<std::function<void()>> PrefillGate::AdmitLocked() {
   std::vector<std::function<void()>> admitted;
-  while (!queue_.empty() && Fits(queue_.front().tokens)) {
+  if (queue_.empty()) return admitted;
+  const int64_t bound = Bound();  // one look at the registry for the whole pass
+  while (!queue_.empty() && Fits(queue_.front().tokens, bound)) {
     in_flight_ += queue_.front().tokens;
     admitted.push_back(std::move(queue_.front().admitted));
     queue_.pop_front();
@@ -26,7 +31,7 @@ void PrefillGate::RunAll(std::vector<std::function<void()>> callbacks) {
 
 PrefillGate::Waiter PrefillGate::Enqueue(int64_t tokens, std::function<void()> admitted) {
   absl::MutexLock lock(&mu_);
-  if (queue_.empty() && Fits(tokens)) {
+  if (queue_.empty() && Fits(tokens, Bound())) {
     in_flight_ += tokens;
     return 0;
   }

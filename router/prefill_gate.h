@@ -52,7 +52,9 @@ class PrefillGate {
     int64_t tokens;
     std::function<void()> admitted;
   };
-  bool Fits(int64_t tokens) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // tokens_per_worker x the serving prefill workers (0: no bound).
+  int64_t Bound() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Fits(int64_t tokens, int64_t bound) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Admits the waiters at the front that fit; returns their callbacks to run unlocked.
   std::vector<std::function<void()>> AdmitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void RunAll(std::vector<std::function<void()>> callbacks);
