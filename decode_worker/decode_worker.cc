@@ -286,7 +286,6 @@ void DecodeWorker::PumpStream(const std::shared_ptr<Ticket>& ticket) {
     if (next == Next::kFinish) {
       reactor->finished = true;
       ticket->stream = nullptr;
-      ticket->stream_closed = true;
       MaybeErase(*ticket);
     }
   }
@@ -357,7 +356,7 @@ void DecodeWorker::CancelTicket(uint64_t ticket_id) {
 }
 
 void DecodeWorker::MaybeErase(Ticket& ticket) {
-  if (ticket.state == Ticket::State::kDone && (!ticket.stream_open || ticket.stream_closed)) {
+  if (ticket.state == Ticket::State::kDone && ticket.stream == nullptr) {
     tickets_.erase(ticket.id);
   }
 }

@@ -94,8 +94,7 @@ class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Deco
     absl::Duration lease;  // Reserve's deadline_s; Renew starts it again
     absl::Time deadline;   // the Stream must open (and the KV begin to arrive) by then
     bool engine_deadline_stale = false;  // renewed: OnTick moves the engine's deadline
-    bool stream_open = false;
-    bool stream_closed = false;       // its Stream ended (or is ending)
+    bool stream_open = false;         // a Stream was opened (one per ticket)
     StreamReactor* stream = nullptr;  // the open Stream, until it finishes
     bool cancelled = false;
     int32_t num_generated = 0;
@@ -121,7 +120,7 @@ class DecodeWorker final : public v1::Decode::WithCallbackMethod_Stream<v1::Deco
   std::shared_ptr<Ticket> FindTicket(uint64_t ticket_id) const;
   // What the router and prefill workers see of a ticket (Reserve, Renew).
   static void TicketToProto(const Ticket& ticket, const std::string& address, v1::Ticket* out);
-  // Forgets a finished ticket once no Stream handler can still read it.
+  // Forgets a finished ticket once no Stream is open on it.
   void MaybeErase(Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The ticket's events or state changed: its Stream, if open, writes on (PumpStreams).
   void MarkForStream(const Ticket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
